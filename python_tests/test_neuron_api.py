@@ -1,0 +1,190 @@
+"""The neuron ops as a user meets them: bad input, custom-op registration, torch.compile, saved memory."""
+
+import pytest
+import torch
+from conftest import DEVICE, assert_bit_equal, assert_close_verbose, fast_backends
+
+from spikekern.ops import available_backends, if_multistep, lif_multistep, plif_multistep
+from spikekern.ops.neuron import NEURON_LIF, NEURON_PLIF, STATE_BF16, STATE_FLOAT
+
+
+def x_seq_of(shape=(3, 2, 5), dtype=torch.float32):
+    return torch.randn(shape, device=DEVICE, dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    "call,error,message",
+    [
+        (lambda: lif_multistep(x_seq_of().long()), TypeError, "x_seq"),
+        (lambda: lif_multistep(x_seq_of() > 0), TypeError, "x_seq"),
+        (lambda: lif_multistep([1.0, 2.0]), TypeError, "x_seq"),
+        (lambda: lif_multistep(torch.tensor(1.0)), ValueError, "x_seq"),
+        (lambda: lif_multistep(x_seq_of(), tau=1.0), ValueError, "tau"),
+        (lambda: lif_multistep(x_seq_of(), tau=0.5), ValueError, "tau"),
+        (lambda: lif_multistep(x_seq_of(), tau=float("nan")), ValueError, "tau"),
+        (lambda: lif_multistep(x_seq_of(), tau="2"), TypeError, "tau"),
+        (lambda: lif_multistep(x_seq_of(), v_init=torch.zeros(2, 4, device=DEVICE)), ValueError, "v_init"),
+        (lambda: lif_multistep(x_seq_of(), v_init=torch.zeros(3, 2, 5, device=DEVICE)), ValueError, "v_init"),
+        (lambda: lif_multistep(x_seq_of(), v_init=torch.zeros(2, 5, device="meta")), ValueError, "v_init"),
+        (lambda: lif_multistep(x_seq_of(), v_init=torch.zeros(2, 5, dtype=torch.int32, device=DEVICE)), TypeError, "v_init"),
+        (lambda: lif_multistep(x_seq_of(), surrogate="relu"), ValueError, "surrogate"),
+        (lambda: lif_multistep(x_seq_of(), surrogate=None), TypeError, "surrogate"),
+        (lambda: lif_multistep(x_seq_of(), alpha=-1.0), ValueError, "alpha"),
+        (lambda: lif_multistep(x_seq_of(), backend="cupy"), ValueError, "backend"),
+        (lambda: lif_multistep(x_seq_of(), v_threshold=float("inf")), ValueError, "v_threshold"),
+        (lambda: lif_multistep(x_seq_of(), v_reset="0"), TypeError, "v_reset"),
+        (lambda: lif_multistep(x_seq_of(), decay_input=1), TypeError, "decay_input"),
+        (lambda: lif_multistep(x_seq_of(), detach_reset=None), TypeError, "detach_reset"),
+        (lambda: if_multistep(x_seq_of(), compact_state="yes"), TypeError, "compact_state"),
+        (lambda: plif_multistep(x_seq_of(), None), TypeError, "w"),
+        (lambda: plif_multistep(x_seq_of(), torch.zeros(2, device=DEVICE)), ValueError, "w"),
+        (lambda: plif_multistep(x_seq_of(), torch.zeros(1, dtype=torch.int64, device=DEVICE)), TypeError, "w"),
+    ],
+)
+def test_bad_input_is_refused_naming_the_argument(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_unavailable_backend_says_why():
+    reasons = available_backends(torch.zeros(1))
+    assert reasons["torch"] is None
+    assert "CUDA" in reasons["cuda"]
+    with pytest.raises(RuntimeError, match="backend='cuda' cannot run"):
+        lif_multistep(torch.zeros(2, 3), backend="cuda")
+    with pytest.raises(RuntimeError, match="float64"):
+        lif_multistep(torch.zeros(2, 3, dtype=torch.float64, device=DEVICE), backend="triton")
+
+
+def test_default_backend_on_cpu_is_the_reference():
+    x_seq = torch.randn(4, 10)
+    assert_bit_equal(lif_multistep(x_seq)[0], lif_multistep(x_seq, backend="torch")[0], "spikes")
+
+
+def test_v_init_of_another_dtype_is_cast():
+    x_seq = x_seq_of(dtype=torch.float16)
+    v_init = torch.rand(2, 5, device=DEVICE, dtype=torch.float64, requires_grad=True)
+    spikes, v_last = lif_multistep(x_seq, v_init)
+    assert v_last.dtype == torch.float16
+    v_last.float().sum().backward()
+    assert v_init.grad.dtype == torch.float64
+
+
+def opcheck_samples():
+    generator = torch.Generator().manual_seed(0)
+    x_seq = torch.randn(3, 2, 5, generator=generator).to(DEVICE)
+    v_init = torch.randn(2, 5, generator=generator).to(DEVICE)
+    w = torch.tensor([0.3], device=DEVICE)
+    backends = [""] + fast_backends()
+    for backend in backends:
+        for kind, state_mode, with_v_init in ((NEURON_LIF, STATE_FLOAT, True), (NEURON_PLIF, STATE_BF16, False)):
+            yield (
+                x_seq.clone().requires_grad_(), v_init.clone().requires_grad_() if with_v_init else None,
+                w.clone().requires_grad_(), kind, 2.0, True, 1.0, 0.0, False, False, 0, 4.0, state_mode, backend,
+            )  # fmt: skip
+
+
+@pytest.mark.parametrize("sample", list(opcheck_samples()), ids=lambda s: f"kind{s[3]}-state{s[12]}-{s[13] or 'auto'}")
+def test_opcheck_forward_and_backward(sample):
+    torch.library.opcheck(torch.ops.spikekern.neuron_forward.default, sample)
+    x_seq, v_init, w, *params, backend = sample
+    with torch.no_grad():
+        spikes, v_last, state = torch.ops.spikekern.neuron_forward(*sample)
+    backward_args = (
+        torch.randn_like(spikes), torch.randn_like(v_last), state, None if v_init is None else v_init.detach(),
+        w.detach(), params[0], params[1], params[2], params[3], params[4], params[5], params[6], params[7],
+        params[8], params[9], backend,
+    )  # fmt: skip
+    torch.library.opcheck(torch.ops.spikekern.neuron_backward.default, backward_args)
+
+
+class TinySpikingNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(8, 16)
+        self.fc2 = torch.nn.Linear(16, 4)
+        self.w = torch.nn.Parameter(torch.tensor(0.1))
+
+    def forward(self, x_seq):
+        spikes, _ = lif_multistep(self.fc1(x_seq), tau=2.0, surrogate="atan")
+        spikes, v_last = plif_multistep(self.fc2(spikes), self.w, v_reset=None)
+        return spikes.mean(0) + v_last
+
+
+def test_torch_compile_fullgraph_has_no_graph_break():
+    torch._dynamo.reset()
+    model = TinySpikingNet().to(DEVICE)
+    x_seq = torch.randn(4, 3, 8, device=DEVICE) * 3
+    compiled = torch.compile(model, fullgraph=True)
+    out_eager = model(x_seq)
+    out_compiled = compiled(x_seq)
+    assert_close_verbose(out_compiled, out_eager, 1e-6, 1e-6, "compiled output")
+    out_eager.sum().backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    out_compiled.sum().backward()
+    for eager_grad, param in zip(eager_grads, model.parameters()):
+        assert_close_verbose(param.grad, eager_grad, 1e-5, 1e-6, "compiled gradient")
+    explanation = torch._dynamo.explain(model)(x_seq)
+    assert explanation.graph_break_count == 0
+
+
+def saved_bytes_per_element(function, x_seq):
+    saved = {}
+
+    def pack(tensor):
+        saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        function(x_seq)
+    return sum(saved.values()) / x_seq.numel()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_saved_memory_per_element(dtype):
+    x_seq = torch.randn(4, 64, 256, device=DEVICE, dtype=dtype, requires_grad=True)
+    exact = saved_bytes_per_element(lambda x: lif_multistep(x), x_seq)
+    compact = saved_bytes_per_element(lambda x: lif_multistep(x, compact_state=True), x_seq)
+    assert exact == 4.0
+    assert compact == 2.0
+    with torch.no_grad():
+        assert saved_bytes_per_element(lambda x: lif_multistep(x), x_seq) == 0
+
+
+def test_no_state_is_written_without_grad():
+    x_seq = x_seq_of()
+    with torch.no_grad():
+        _, _, state = torch.ops.spikekern.neuron_forward(
+            x_seq, None, None, NEURON_LIF, 2.0, True, 1.0, 0.0, False, False, 0, 4.0, 0, ""
+        )
+    assert state.numel() == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
+@pytest.mark.parametrize("backend", fast_backends())
+def test_cuda_graph_capture(backend):
+    x_seq = torch.randn(4, 8, 100, device="cuda", requires_grad=True)
+    w = torch.tensor(0.0, device="cuda", requires_grad=True)
+
+    def step():
+        spikes, v_last = plif_multistep(x_seq, w, backend=backend)
+        (spikes.sum() + v_last.sum()).backward()
+        return spikes
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            step()  # warm-up compiles the kernels outside capture
+    torch.cuda.current_stream().wait_stream(stream)
+    x_seq.grad = None
+    w.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    graph.replay()
+    torch.cuda.synchronize()
+    expected = plif_multistep(x_seq.detach(), w.detach(), backend="torch")[0]
+    assert_bit_equal(captured, expected, "spikes from the replayed graph")

@@ -1,0 +1,50 @@
+"""Environment report: ``python -m spikekern.info`` prints versions, what was built, and which backend
+each op would use here."""
+
+import importlib.metadata
+import platform
+
+import torch
+
+from ._extension import cuda_extension_error
+from .ops import BACKENDS, available_backends
+from .ops._dispatch import select_backend
+
+
+def _version(package):
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def report() -> str:
+    lines = [
+        f"spikekern {_version('spikekern')}",
+        f"python {platform.python_version()} on {platform.machine()}",
+        f"torch {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})",
+        f"triton {_version('triton')}",
+    ]
+    if torch.cuda.is_available():
+        lines.append(f"GPU: {torch.cuda.get_device_name()} (capability {torch.cuda.get_device_capability()})")
+    else:
+        lines.append("GPU: none visible")
+    lines.append(f"CUDA extension spikekern._C: {cuda_extension_error() or 'built and loaded'}")
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        for dtype in (torch.float32, torch.bfloat16):
+            probe = torch.empty(1, device=device, dtype=dtype)
+            reasons = available_backends(probe)
+            default = select_backend("", probe)
+            lines.append(f"neuron ops on {device} {str(dtype).replace('torch.', '')}: default backend {default!r}")
+            for name in BACKENDS:
+                lines.append(f"    {name:<7} {'available' if reasons[name] is None else 'unavailable: ' + reasons[name]}")
+    return "\n".join(lines)
+
+
+def main():
+    print(report())
+
+
+if __name__ == "__main__":
+    main()

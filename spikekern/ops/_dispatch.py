@@ -1,0 +1,77 @@
+"""Backend selection shared by the ops: each backend says why it cannot take an input.
+
+``backend=None`` picks the first usable of CUDA C++, Triton (CUDA tensors only) and the PyTorch
+reference; naming a backend that cannot run raises with its reason instead of falling back silently.
+"""
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+from .._extension import cuda_extension_error
+
+BACKENDS = ("cuda", "triton", "torch")
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_installed():
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreter_enabled():
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _kernel_dtype_error(x):
+    if x.dtype not in KERNEL_DTYPES:
+        return f"{x.dtype} is not supported by the kernels (float32, float16, bfloat16); use backend='torch'"
+    return None
+
+
+def _triton_error(x):
+    if not _triton_installed():
+        return "triton is not installed (pip install triton)"
+    if x.device.type == "cpu":
+        if not triton_interpreter_enabled():
+            return "CPU tensors run on Triton only under TRITON_INTERPRET=1 (the interpreter, for tests)"
+        if x.dtype == torch.bfloat16:
+            return "the Triton interpreter has no bfloat16"
+    elif x.device.type != "cuda":
+        return f"Triton kernels run on CUDA devices, not {x.device.type}"
+    return _kernel_dtype_error(x)
+
+
+def _cuda_error(x):
+    if x.device.type != "cuda":
+        return f"the CUDA kernels need a CUDA tensor, got a {x.device.type} tensor"
+    return cuda_extension_error() or _kernel_dtype_error(x)
+
+
+_ERRORS = {"cuda": _cuda_error, "triton": _triton_error, "torch": lambda x: None}
+
+
+def available_backends(x: torch.Tensor):
+    """For an input tensor: ``{backend: None if it can run, else the reason it cannot}``."""
+    return {name: _ERRORS[name](x) for name in BACKENDS}
+
+
+def check_backend_name(backend):
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend must be None or one of {list(BACKENDS)}, got {backend!r}")
+
+
+def select_backend(requested: str, x: torch.Tensor) -> str:
+    """The backend that runs ``x``: ``requested`` if it can (else raise why), or the best usable one."""
+    if requested:
+        error = _ERRORS[requested](x)
+        if error is not None:
+            raise RuntimeError(f"backend={requested!r} cannot run this input: {error}")
+        return requested
+    if x.device.type == "cuda":
+        for name in ("cuda", "triton"):
+            if _ERRORS[name](x) is None:
+                return name
+    return "torch"

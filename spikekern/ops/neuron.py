@@ -1,0 +1,405 @@
+"""Multi-timestep IF, LIF and parametric-LIF neurons: schema, reference, dispatch and autograd.
+
+One pair of custom ops, ``spikekern::neuron_forward`` and ``spikekern::neuron_backward``, serves the
+three neuron kinds; ``if_multistep``, ``lif_multistep`` and ``plif_multistep`` validate their
+arguments and call it. The reference below is the specification (docs/neuron_ops.md); the Triton
+and CUDA kernels implement the same contract on ``[T, M]`` views.
+"""
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ._dispatch import check_backend_name, select_backend
+from .surrogate import resolve_surrogate, surrogate_gradient
+
+NEURON_IF, NEURON_LIF, NEURON_PLIF = 0, 1, 2
+STATE_NONE, STATE_FLOAT, STATE_BF16 = 0, 1, 2
+FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _compute_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _state_dtype(x_dtype, state_mode):
+    return torch.bfloat16 if state_mode == STATE_BF16 else _compute_dtype(x_dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference (the specification). Each step mirrors SpikingJelly 2.0's operations one by one.
+# ----------------------------------------------------------------------------------------------
+
+
+def _charge(x, v, neuron_kind, tau, decay, decay_input, v_reset):
+    if neuron_kind == NEURON_IF:
+        return v + x
+    if neuron_kind == NEURON_LIF:
+        # A tensor divisor keeps this an IEEE division on CUDA too (a Python-scalar divisor is
+        # turned into a multiplication by its reciprocal there), matching the kernels bit for bit.
+        return v + (x - (v - v_reset)) / tau if decay_input else v - (v - v_reset) / tau + x
+    return v + (x - (v - v_reset)) * decay if decay_input else v - (v - v_reset) * decay + x
+
+
+def _reset(h, spike, v_threshold, v_reset, soft_reset):
+    return h - spike * v_threshold if soft_reset else spike * v_reset + (1.0 - spike) * h
+
+
+def _initial_v(v_init, shape, dtype, device, v_reset):
+    if v_init is not None:
+        return v_init.to(dtype, copy=True)
+    return torch.full(shape, v_reset, dtype=dtype, device=device)
+
+
+def _decay_factor(w, x_dtype):
+    """PLIF's ``k = sigmoid(w)``, computed in w's dtype like SpikingJelly, widened to the compute dtype."""
+    return torch.sigmoid(w).reshape(1).to(_compute_dtype(x_dtype))
+
+
+def _unpack_state(state, state_mode, v_threshold, compute_dtype):
+    """(h, h - v_threshold, spike) recovered from the saved state."""
+    if state_mode == STATE_FLOAT:
+        h = state
+        shifted = h - v_threshold
+        spike = shifted >= 0
+    else:
+        shifted = state.to(compute_dtype)
+        h = shifted + v_threshold
+        # Rounding to bfloat16 keeps the sign, so the sign bit is the spike (NaN never fired).
+        spike = ~torch.signbit(shifted) & ~torch.isnan(shifted)
+    return h, shifted, spike.to(compute_dtype)
+
+
+def reference_forward(x_seq, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, state_mode):
+    compute_dtype = _compute_dtype(x_seq.dtype)
+    x = x_seq.to(compute_dtype)
+    v = _initial_v(v_init, x.shape[1:], compute_dtype, x.device, v_reset)
+    tau = torch.tensor(tau, dtype=compute_dtype, device=x.device)
+    decay = None if decay is None else decay.to(compute_dtype)
+    spikes = torch.empty_like(x_seq)
+    state = torch.empty(
+        x.shape if state_mode != STATE_NONE else (0,), dtype=_state_dtype(x_seq.dtype, state_mode), device=x.device
+    )
+    for t in range(x.shape[0]):
+        h = _charge(x[t], v, neuron_kind, tau, decay, decay_input, v_reset)
+        spike = (h - v_threshold >= 0).to(compute_dtype)
+        v = _reset(h, spike, v_threshold, v_reset, soft_reset)
+        spikes[t] = spike
+        if state_mode == STATE_FLOAT:
+            state[t] = h
+        elif state_mode == STATE_BF16:
+            state[t] = h - v_threshold
+    return spikes, v.to(x_seq.dtype), state
+
+
+def reference_backward(
+    grad_spike, grad_v_last, state, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset,
+    soft_reset, detach_reset, surrogate, alpha, state_mode,
+):  # fmt: skip
+    x_dtype = grad_spike.dtype
+    compute_dtype = _compute_dtype(x_dtype)
+    h_seq, shifted_seq, spike_seq = _unpack_state(state, state_mode, v_threshold, compute_dtype)
+    surrogate_seq = surrogate_gradient(shifted_seq, surrogate, alpha)
+    grad_spike = grad_spike.to(compute_dtype)
+    shape = state.shape[1:]
+    grad_v = torch.zeros(shape, dtype=compute_dtype, device=state.device)
+    if grad_v_last is not None:
+        grad_v = grad_v + grad_v_last.to(compute_dtype)
+    k = 1.0 / tau if neuron_kind == NEURON_LIF else (decay.to(compute_dtype) if neuron_kind == NEURON_PLIF else 0.0)
+    grad_x = torch.empty_like(grad_spike)
+    plif_sum = torch.zeros((), dtype=compute_dtype, device=state.device)
+    v_first = None
+    if neuron_kind == NEURON_PLIF:
+        v_first = _initial_v(v_init, shape, compute_dtype, state.device, v_reset)
+    for t in range(state.shape[0] - 1, -1, -1):
+        h, spike, sg = h_seq[t], spike_seq[t], surrogate_seq[t]
+        if soft_reset:
+            dv_dh = 1.0 if detach_reset else 1.0 - v_threshold * sg
+        else:
+            dv_dh = 1.0 - spike if detach_reset else (1.0 - spike) + (v_reset - h) * sg
+        grad_h = grad_spike[t] * sg + grad_v * dv_dh
+        if neuron_kind == NEURON_IF or not decay_input:
+            grad_x[t] = grad_h
+        elif neuron_kind == NEURON_LIF:
+            grad_x[t] = grad_h / tau
+        else:
+            grad_x[t] = grad_h * k
+        if neuron_kind == NEURON_PLIF:
+            v_prev = v_first if t == 0 else _reset(h_seq[t - 1], spike_seq[t - 1], v_threshold, v_reset, soft_reset)
+            dh_dk_scaled = h - v_prev if decay_input else v_reset - v_prev
+            plif_sum = plif_sum + (grad_h * dh_dk_scaled).sum()
+        grad_v = grad_h * (1.0 - k)
+    plif_partials = plif_sum.reshape(1) if neuron_kind == NEURON_PLIF else grad_v.new_empty(0, dtype=torch.float32)
+    return grad_x.to(x_dtype), grad_v.to(x_dtype), plif_partials
+
+
+# ----------------------------------------------------------------------------------------------
+# Backends: each takes contiguous [T, M] views (the kernel contract in docs/neuron_ops.md).
+# ----------------------------------------------------------------------------------------------
+
+
+def _triton_module():
+    from .triton import neuron as triton_neuron  # imported late: TRITON_INTERPRET is read at import
+
+    return triton_neuron
+
+
+def _run_forward(backend, *args):
+    if backend == "torch":
+        return reference_forward(*args)
+    if backend == "triton":
+        return _triton_module().neuron_forward(*args)
+    return torch.ops.spikekern_cuda.neuron_forward(*args)
+
+
+def _run_backward(backend, *args):
+    if backend == "torch":
+        return reference_backward(*args)
+    if backend == "triton":
+        return _triton_module().neuron_backward(*args)
+    return torch.ops.spikekern_cuda.neuron_backward(*args)
+
+
+def _as_rows(t, time_steps):
+    return t.contiguous().view(time_steps, -1)
+
+
+def _as_row(t):
+    return None if t is None else t.contiguous().view(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom ops
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("spikekern::neuron_forward", mutates_args=())
+def neuron_forward(
+    x_seq: Tensor, v_init: Optional[Tensor], w: Optional[Tensor], neuron_kind: int, tau: float,
+    decay_input: bool, v_threshold: float, v_reset: float, soft_reset: bool, detach_reset: bool,
+    surrogate: int, alpha: float, state_mode: int, backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """Spikes ``[T, N, *]``, last membrane ``[N, *]`` and the saved state (empty for state_mode 0).
+
+    ``detach_reset``, ``surrogate`` and ``alpha`` only matter for backward; they are arguments here so
+    that autograd sees them.
+    """
+    decay = _decay_factor(w, x_seq.dtype) if neuron_kind == NEURON_PLIF else None
+    steps = x_seq.shape[0]
+    if x_seq.numel() == 0:
+        spikes, v_last, state = reference_forward(
+            x_seq, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, state_mode
+        )
+        return spikes, v_last, state.view(x_seq.shape if state_mode != STATE_NONE else (0,))
+    spikes, v_last, state = _run_forward(
+        select_backend(backend, x_seq), _as_rows(x_seq, steps), _as_row(v_init), decay, neuron_kind, tau,
+        decay_input, v_threshold, v_reset, soft_reset, state_mode,
+    )  # fmt: skip
+    state_shape = x_seq.shape if state_mode != STATE_NONE else (0,)
+    return spikes.view(x_seq.shape), v_last.view(x_seq.shape[1:]), state.view(state_shape)
+
+
+@neuron_forward.register_fake
+def _(x_seq, v_init, w, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha, state_mode, backend):
+    state_shape = x_seq.shape if state_mode != STATE_NONE else (0,)
+    return (
+        x_seq.new_empty(x_seq.shape),
+        x_seq.new_empty(x_seq.shape[1:]),
+        x_seq.new_empty(state_shape, dtype=_state_dtype(x_seq.dtype, state_mode)),
+    )
+
+
+@torch.library.custom_op("spikekern::neuron_backward", mutates_args=())
+def neuron_backward(
+    grad_spike: Tensor, grad_v_last: Optional[Tensor], state: Tensor, v_init: Optional[Tensor],
+    w: Optional[Tensor], neuron_kind: int, tau: float, decay_input: bool, v_threshold: float,
+    v_reset: float, soft_reset: bool, detach_reset: bool, surrogate: int, alpha: float,
+    state_mode: int, backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """Gradients for ``x_seq``, ``v_init`` and PLIF's ``w`` (empty unless PLIF)."""
+    if state_mode == STATE_NONE:
+        raise RuntimeError("spikekern::neuron_backward needs the state saved by a forward with state_mode != 0")
+    decay = _decay_factor(w, grad_spike.dtype) if neuron_kind == NEURON_PLIF else None
+    steps = grad_spike.shape[0]
+    args = (neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha, state_mode)
+    if grad_spike.numel() == 0:
+        grad_x, grad_v_init, plif_partials = reference_backward(grad_spike, grad_v_last, state, v_init, decay, *args)
+    else:
+        grad_x, grad_v_init, plif_partials = _run_backward(
+            select_backend(backend, grad_spike), _as_rows(grad_spike, steps), _as_row(grad_v_last),
+            _as_rows(state, steps), _as_row(v_init), decay, *args,
+        )  # fmt: skip
+    grad_x = grad_x.view(grad_spike.shape)
+    grad_v_init = grad_v_init.view(grad_spike.shape[1:])
+    if neuron_kind != NEURON_PLIF:
+        return grad_x, grad_v_init, grad_spike.new_empty(0)
+    scale = (1.0 - decay) if decay_input else decay * (1.0 - decay)
+    grad_w = (scale * plif_partials.to(decay.dtype).sum()).to(w.dtype).view(w.shape)
+    return grad_x, grad_v_init, grad_w
+
+
+@neuron_backward.register_fake
+def _(grad_spike, grad_v_last, state, v_init, w, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha, state_mode, backend):
+    grad_w = w.new_empty(w.shape) if neuron_kind == NEURON_PLIF else grad_spike.new_empty(0)
+    return grad_spike.new_empty(grad_spike.shape), grad_spike.new_empty(grad_spike.shape[1:]), grad_w
+
+
+def _setup_context(ctx, inputs, output):
+    x_seq, v_init, w, *params, backend = inputs
+    ctx.mark_non_differentiable(output[2])
+    ctx.save_for_backward(output[2], v_init, w)
+    ctx.params = params
+    ctx.backend = backend
+    ctx.has_v_init = v_init is not None
+
+
+def _backward(ctx, grad_spike, grad_v_last, _grad_state):
+    state, v_init, w = ctx.saved_tensors
+    neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha, state_mode = ctx.params
+    grad_x, grad_v_init, grad_w = torch.ops.spikekern.neuron_backward(
+        grad_spike, grad_v_last, state, v_init, w, neuron_kind, tau, decay_input, v_threshold, v_reset,
+        soft_reset, detach_reset, surrogate, alpha, state_mode, ctx.backend,
+    )  # fmt: skip
+    return (
+        grad_x,
+        grad_v_init if ctx.has_v_init else None,
+        grad_w if neuron_kind == NEURON_PLIF else None,
+    ) + (None,) * 11
+
+
+neuron_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public functions
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_finite_float(name, value, allow_none=False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+
+
+def _check_bool(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
+def _check_tensors(x_seq, v_init, w):
+    if not isinstance(x_seq, Tensor):
+        raise TypeError(f"x_seq must be a torch.Tensor, got {type(x_seq).__name__}")
+    if x_seq.dtype not in FLOATING_DTYPES:
+        raise TypeError(f"x_seq must be float16, bfloat16, float32 or float64, got {x_seq.dtype}")
+    if x_seq.dim() < 1:
+        raise ValueError("x_seq must have a leading time dimension: shape [T, N, *], got a 0-d tensor")
+    if v_init is not None:
+        if not isinstance(v_init, Tensor):
+            raise TypeError(f"v_init must be None or a torch.Tensor, got {type(v_init).__name__}")
+        if v_init.dtype not in FLOATING_DTYPES:
+            raise TypeError(f"v_init must be a floating-point tensor, got {v_init.dtype}")
+        if v_init.shape != x_seq.shape[1:]:
+            raise ValueError(f"v_init must have shape x_seq.shape[1:] = {tuple(x_seq.shape[1:])}, got {tuple(v_init.shape)}")
+        if v_init.device != x_seq.device:
+            raise ValueError(f"v_init is on {v_init.device} but x_seq is on {x_seq.device}")
+    if w is not None:
+        if not isinstance(w, Tensor):
+            raise TypeError(f"w must be a torch.Tensor, got {type(w).__name__}")
+        if w.dtype not in FLOATING_DTYPES:
+            raise TypeError(f"w must be a floating-point tensor, got {w.dtype}")
+        if w.numel() != 1:
+            raise ValueError(f"w must hold one value (the shared decay parameter), got shape {tuple(w.shape)}")
+        if w.device != x_seq.device:
+            raise ValueError(f"w is on {w.device} but x_seq is on {x_seq.device}")
+
+
+def _neuron_multistep(
+    x_seq, v_init, w, neuron_kind, tau, decay_input, v_threshold, v_reset, detach_reset, surrogate, alpha,
+    compact_state, backend,
+):  # fmt: skip
+    _check_tensors(x_seq, v_init, w)
+    _check_finite_float("v_threshold", v_threshold)
+    _check_finite_float("v_reset", v_reset, allow_none=True)
+    _check_bool("decay_input", decay_input)
+    _check_bool("detach_reset", detach_reset)
+    _check_bool("compact_state", compact_state)
+    check_backend_name(backend)
+    surrogate_id, alpha = resolve_surrogate(surrogate, alpha)
+    if v_init is not None and v_init.dtype != x_seq.dtype:
+        v_init = v_init.to(x_seq.dtype)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x_seq, v_init, w))
+    state_mode = STATE_NONE if not needs_grad else (STATE_BF16 if compact_state else STATE_FLOAT)
+    spikes, v_last, _ = torch.ops.spikekern.neuron_forward(
+        x_seq, v_init, w, neuron_kind, float(tau), decay_input, float(v_threshold),
+        0.0 if v_reset is None else float(v_reset), v_reset is None, detach_reset, surrogate_id, alpha,
+        state_mode, backend or "",
+    )  # fmt: skip
+    return spikes, v_last
+
+
+_COMMON_ARGS = """
+    x_seq: ``[T, N, *]`` input current, float16/bfloat16/float32 (float64 on the torch backend).
+    v_init: ``[N, *]`` membrane potential carried over from a previous call, or None for ``v_reset``
+        (0 for soft reset). Cast to ``x_seq``'s dtype.
+    v_threshold: firing threshold; a neuron fires when ``H - v_threshold >= 0``.
+    v_reset: hard-reset potential, or None for a soft reset (subtract ``v_threshold``).
+    detach_reset: cut the spike's gradient in the reset term.
+    surrogate: one of ``spikekern.ops.SURROGATES`` (sigmoid, atan, piecewise_quadratic,
+        piecewise_exp, soft_sign, super_spike, erf); alpha: its sharpness (None: its default).
+    compact_state: save the state for backward in 16 bits (2 bytes per element) instead of 32.
+    backend: None for the best available, or "cuda", "triton", "torch"; an unusable choice raises.
+
+Returns ``(spike_seq [T, N, *] in x_seq's dtype, v_last [N, *])``. Semantics, saved memory and the
+NaN/Inf policy: docs/neuron_ops.md.
+"""
+
+
+def if_multistep(
+    x_seq, v_init=None, v_threshold=1.0, v_reset=0.0, detach_reset=False, surrogate="sigmoid", alpha=None,
+    compact_state=False, backend=None,
+):  # fmt: skip
+    return _neuron_multistep(
+        x_seq, v_init, None, NEURON_IF, 0.0, False, v_threshold, v_reset, detach_reset, surrogate, alpha,
+        compact_state, backend,
+    )  # fmt: skip
+
+
+def lif_multistep(
+    x_seq, v_init=None, tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0, detach_reset=False,
+    surrogate="sigmoid", alpha=None, compact_state=False, backend=None,
+):  # fmt: skip
+    _check_finite_float("tau", tau)
+    if tau <= 1:
+        raise ValueError(f"tau must be > 1 (the membrane decays by 1/tau per step), got {tau}")
+    return _neuron_multistep(
+        x_seq, v_init, None, NEURON_LIF, tau, decay_input, v_threshold, v_reset, detach_reset, surrogate,
+        alpha, compact_state, backend,
+    )  # fmt: skip
+
+
+def plif_multistep(
+    x_seq, w, v_init=None, decay_input=True, v_threshold=1.0, v_reset=0.0, detach_reset=False,
+    surrogate="sigmoid", alpha=None, compact_state=False, backend=None,
+):  # fmt: skip
+    if w is None:
+        raise TypeError("w must be a one-element tensor (tau = 1 / sigmoid(w)), got None")
+    return _neuron_multistep(
+        x_seq, v_init, w, NEURON_PLIF, 0.0, decay_input, v_threshold, v_reset, detach_reset, surrogate,
+        alpha, compact_state, backend,
+    )  # fmt: skip
+
+
+if_multistep.__doc__ = "Integrate-and-fire neurons over all T steps: ``H = V + X``.\n" + _COMMON_ARGS
+lif_multistep.__doc__ = (
+    "Leaky integrate-and-fire neurons over all T steps (SpikingJelly's LIFNode, step_mode='m').\n"
+    "    tau: membrane time constant, > 1. decay_input: whether the input is divided by tau too.\n" + _COMMON_ARGS
+)
+plif_multistep.__doc__ = (
+    "Parametric LIF neurons over all T steps: tau = 1 / sigmoid(w) with w a learnable one-element tensor\n"
+    "    (SpikingJelly's ParametricLIFNode). Gradients flow to w.\n" + _COMMON_ARGS
+)

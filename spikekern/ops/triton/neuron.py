@@ -1,0 +1,234 @@
+"""Triton kernels for the multi-timestep neurons (contract and math: docs/neuron_ops.md).
+
+Each program owns ``BLOCK`` neurons and walks all ``T`` steps with the membrane in registers: one
+launch for the forward, one for the backward. The bfloat16 state is stored as raw 16-bit patterns so
+the same code runs under ``TRITON_INTERPRET=1``, which has no bfloat16.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+NEURON_IF, NEURON_LIF, NEURON_PLIF = 0, 1, 2
+STATE_NONE, STATE_FLOAT, STATE_BF16 = 0, 1, 2
+BLOCK = 1024
+NUM_WARPS = 4
+
+
+@triton.jit
+def _charge(x, v, k, tau, v_reset, NEURON_KIND: tl.constexpr, DECAY_INPUT: tl.constexpr):
+    if NEURON_KIND == 0:
+        h = v + x
+    elif NEURON_KIND == 1:
+        if DECAY_INPUT:
+            h = v + tl.math.div_rn(x - (v - v_reset), tau)
+        else:
+            h = v - tl.math.div_rn(v - v_reset, tau) + x
+    else:
+        if DECAY_INPUT:
+            h = v + (x - (v - v_reset)) * k
+        else:
+            h = v - (v - v_reset) * k + x
+    return h
+
+
+@triton.jit
+def _reset(h, spike, v_threshold, v_reset, SOFT_RESET: tl.constexpr):
+    if SOFT_RESET:
+        v = h - spike * v_threshold
+    else:
+        v = spike * v_reset + (1.0 - spike) * h
+    return v
+
+
+@triton.jit
+def _to_bf16_bits(x):
+    """float32 -> bfloat16 bit pattern (int16), round to nearest even, NaN kept NaN."""
+    bits = x.to(tl.int32, bitcast=True)
+    rounded = bits + (0x7FFF + ((bits >> 16) & 1))
+    bf16 = tl.where(x != x, 0x7FC0, (rounded >> 16) & 0xFFFF)
+    return bf16.to(tl.int16)
+
+
+@triton.jit
+def _from_bf16_bits(bits):
+    return (bits.to(tl.int32) << 16).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _surrogate_gradient(x, alpha, SURROGATE: tl.constexpr):
+    if SURROGATE == 0:
+        s = 1.0 / (1.0 + tl.exp(-alpha * x))
+        g = (1.0 - s) * s * alpha
+    elif SURROGATE == 1:
+        z = x * (1.5707963267948966 * alpha)
+        g = (alpha * 0.5) / (1.0 + z * z)
+    elif SURROGATE == 2:
+        g = tl.maximum(alpha - alpha * alpha * tl.abs(x), 0.0)
+    elif SURROGATE == 3:
+        g = (alpha * 0.5) * tl.exp(-alpha * tl.abs(x))
+    elif SURROGATE == 4:
+        z = 1.0 / alpha + tl.abs(x)
+        g = 1.0 / (2.0 * alpha * z * z)
+    elif SURROGATE == 5:
+        z = 1.0 + tl.abs(x)
+        g = alpha / (z * z)
+    else:
+        z = alpha * x
+        g = (alpha * 0.5641895835477563) * tl.exp(-z * z)
+    return g
+
+
+@triton.jit
+def _load_state(state_ptr, offsets, mask, v_threshold, STATE_MODE: tl.constexpr):
+    """(h, h - v_threshold, spike as float) of one step from the saved state."""
+    if STATE_MODE == 1:
+        h = tl.load(state_ptr + offsets, mask=mask, other=0.0)
+        shifted = h - v_threshold
+        spike = (shifted >= 0).to(tl.float32)
+    else:
+        shifted = _from_bf16_bits(tl.load(state_ptr + offsets, mask=mask, other=0))
+        h = shifted + v_threshold
+        # The sign bit is the spike: rounding to bfloat16 never flips it; NaN never fired.
+        spike = ((shifted.to(tl.int32, bitcast=True) >= 0) & (shifted == shifted)).to(tl.float32)
+    return h, shifted, spike
+
+
+@triton.jit
+def _forward_kernel(
+    x_ptr, v_init_ptr, decay_ptr, spike_ptr, v_last_ptr, state_ptr,
+    T, M, tau, v_threshold, v_reset,
+    NEURON_KIND: tl.constexpr, DECAY_INPUT: tl.constexpr, SOFT_RESET: tl.constexpr,
+    HAS_V_INIT: tl.constexpr, STATE_MODE: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    neurons = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = neurons < M
+    if HAS_V_INIT:
+        v = tl.load(v_init_ptr + neurons, mask=mask, other=0.0).to(tl.float32)
+    else:
+        v = tl.zeros([BLOCK], dtype=tl.float32) + v_reset
+    k = 0.0
+    if NEURON_KIND == 2:
+        k = tl.load(decay_ptr)
+    offsets = neurons
+    for _ in range(T):
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        h = _charge(x, v, k, tau, v_reset, NEURON_KIND, DECAY_INPUT)
+        spike = (h - v_threshold >= 0).to(tl.float32)
+        v = _reset(h, spike, v_threshold, v_reset, SOFT_RESET)
+        tl.store(spike_ptr + offsets, spike.to(spike_ptr.dtype.element_ty), mask=mask)
+        if STATE_MODE == 1:
+            tl.store(state_ptr + offsets, h, mask=mask)
+        elif STATE_MODE == 2:
+            tl.store(state_ptr + offsets, _to_bf16_bits(h - v_threshold), mask=mask)
+        offsets += M
+    tl.store(v_last_ptr + neurons, v.to(v_last_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _backward_kernel(
+    grad_spike_ptr, grad_v_last_ptr, state_ptr, v_init_ptr, decay_ptr,
+    grad_x_ptr, grad_v_init_ptr, plif_partials_ptr,
+    T, M, tau, v_threshold, v_reset, alpha,
+    NEURON_KIND: tl.constexpr, DECAY_INPUT: tl.constexpr, SOFT_RESET: tl.constexpr,
+    DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr, HAS_GRAD_V_LAST: tl.constexpr,
+    HAS_V_INIT: tl.constexpr, STATE_MODE: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    neurons = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = neurons < M
+    if HAS_GRAD_V_LAST:
+        grad_v = tl.load(grad_v_last_ptr + neurons, mask=mask, other=0.0).to(tl.float32)
+    else:
+        grad_v = tl.zeros([BLOCK], dtype=tl.float32)
+    if NEURON_KIND == 0:
+        k = 0.0
+    elif NEURON_KIND == 1:
+        k = 1.0 / tau
+    else:
+        k = tl.load(decay_ptr)
+    if HAS_V_INIT:
+        v_first = tl.load(v_init_ptr + neurons, mask=mask, other=0.0).to(tl.float32)
+    else:
+        v_first = tl.zeros([BLOCK], dtype=tl.float32) + v_reset
+    plif_sum = tl.zeros([BLOCK], dtype=tl.float32)
+    offsets = neurons + (T - 1).to(tl.int64) * M
+    # The state of step t-1 is prefetched while handling step t, so each step is read once.
+    h_prev, shifted_prev, spike_prev = _load_state(state_ptr, offsets, mask, v_threshold, STATE_MODE)
+    for _ in range(T):
+        h, shifted, spike = h_prev, shifted_prev, spike_prev
+        has_prev = offsets >= M  # step t > 0
+        h_prev, shifted_prev, spike_prev = _load_state(
+            state_ptr, offsets - M, mask & has_prev, v_threshold, STATE_MODE
+        )
+        sg = _surrogate_gradient(shifted, alpha, SURROGATE)
+        if SOFT_RESET:
+            if DETACH_RESET:
+                dv_dh = 1.0
+            else:
+                dv_dh = 1.0 - v_threshold * sg
+        else:
+            if DETACH_RESET:
+                dv_dh = 1.0 - spike
+            else:
+                dv_dh = (1.0 - spike) + (v_reset - h) * sg
+        grad_spike = tl.load(grad_spike_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        grad_h = grad_spike * sg + grad_v * dv_dh
+        if NEURON_KIND == 0 or not DECAY_INPUT:
+            grad_x = grad_h
+        elif NEURON_KIND == 1:
+            grad_x = grad_h / tau
+        else:
+            grad_x = grad_h * k
+        tl.store(grad_x_ptr + offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
+        if NEURON_KIND == 2:
+            v_prev = tl.where(has_prev, _reset(h_prev, spike_prev, v_threshold, v_reset, SOFT_RESET), v_first)
+            if DECAY_INPUT:
+                plif_sum += tl.where(mask, grad_h * (h - v_prev), 0.0)
+            else:
+                plif_sum += tl.where(mask, grad_h * (v_reset - v_prev), 0.0)
+        grad_v = grad_h * (1.0 - k)
+        offsets -= M
+    tl.store(grad_v_init_ptr + neurons, grad_v.to(grad_v_init_ptr.dtype.element_ty), mask=mask)
+    if NEURON_KIND == 2:
+        tl.store(plif_partials_ptr + tl.program_id(0), tl.sum(plif_sum, axis=0))
+
+
+def _state_view(state, state_mode):
+    return state.view(torch.int16) if state_mode == STATE_BF16 else state
+
+
+def neuron_forward(x_seq, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, state_mode):
+    steps, neurons = x_seq.shape
+    spikes = torch.empty_like(x_seq)
+    v_last = torch.empty(neurons, dtype=x_seq.dtype, device=x_seq.device)
+    state_dtype = torch.bfloat16 if state_mode == STATE_BF16 else torch.float32
+    state = torch.empty((steps, neurons) if state_mode else (0,), dtype=state_dtype, device=x_seq.device)
+    grid = (triton.cdiv(neurons, BLOCK),)
+    _forward_kernel[grid](
+        x_seq, v_init, decay, spikes, v_last, _state_view(state, state_mode),
+        steps, neurons, tau, v_threshold, v_reset,
+        NEURON_KIND=neuron_kind, DECAY_INPUT=decay_input, SOFT_RESET=soft_reset,
+        HAS_V_INIT=v_init is not None, STATE_MODE=state_mode, BLOCK=BLOCK,
+        num_warps=NUM_WARPS, enable_fp_fusion=False,  # no FMA contraction: bit-exact with the reference
+    )  # fmt: skip
+    return spikes, v_last, state
+
+
+def neuron_backward(
+    grad_spike, grad_v_last, state, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset,
+    soft_reset, detach_reset, surrogate, alpha, state_mode,
+):  # fmt: skip
+    steps, neurons = grad_spike.shape
+    grid = (triton.cdiv(neurons, BLOCK),)
+    grad_x = torch.empty_like(grad_spike)
+    grad_v_init = torch.empty(neurons, dtype=grad_spike.dtype, device=grad_spike.device)
+    partials = torch.empty(grid[0] if neuron_kind == NEURON_PLIF else 0, dtype=torch.float32, device=grad_spike.device)
+    _backward_kernel[grid](
+        grad_spike, grad_v_last, _state_view(state, state_mode), v_init, decay,
+        grad_x, grad_v_init, partials,
+        steps, neurons, tau, v_threshold, v_reset, alpha,
+        NEURON_KIND=neuron_kind, DECAY_INPUT=decay_input, SOFT_RESET=soft_reset,
+        DETACH_RESET=detach_reset, SURROGATE=surrogate, HAS_GRAD_V_LAST=grad_v_last is not None,
+        HAS_V_INIT=v_init is not None, STATE_MODE=state_mode, BLOCK=BLOCK, num_warps=NUM_WARPS,
+    )  # fmt: skip
+    return grad_x, grad_v_init, partials
