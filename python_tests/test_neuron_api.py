@@ -5,7 +5,7 @@ import torch
 from conftest import DEVICE, assert_bit_equal, assert_close_verbose, fast_backends
 
 from spikekern.ops import available_backends, if_multistep, lif_multistep, plif_multistep
-from spikekern.ops.neuron import NEURON_LIF, NEURON_PLIF, STATE_BF16, STATE_FLOAT
+from spikekern.ops.neuron import NEURON_LIF, NEURON_PLIF, RECOMPUTE_MAX_STEPS, STATE_BF16, STATE_FLOAT, STATE_INPUT
 
 
 def x_seq_of(shape=(3, 2, 5), dtype=torch.float32):
@@ -77,7 +77,9 @@ def opcheck_samples():
     w = torch.tensor([0.3], device=DEVICE)
     backends = [""] + fast_backends()
     for backend in backends:
-        for kind, state_mode, with_v_init in ((NEURON_LIF, STATE_FLOAT, True), (NEURON_PLIF, STATE_BF16, False)):
+        for kind, state_mode, with_v_init in (
+            (NEURON_LIF, STATE_FLOAT, True), (NEURON_PLIF, STATE_BF16, False), (NEURON_PLIF, STATE_INPUT, True)
+        ):  # fmt: skip
             yield (
                 x_seq.clone().requires_grad_(), v_init.clone().requires_grad_() if with_v_init else None,
                 w.clone().requires_grad_(), kind, 2.0, True, 1.0, 0.0, False, False, 0, 4.0, state_mode, backend,
@@ -90,8 +92,9 @@ def test_opcheck_forward_and_backward(sample):
     x_seq, v_init, w, *params, backend = sample
     with torch.no_grad():
         spikes, v_last, state = torch.ops.spikekern.neuron_forward(*sample)
+    saved = x_seq.detach() if params[-1] == STATE_INPUT else state
     backward_args = (
-        torch.randn_like(spikes), torch.randn_like(v_last), state, None if v_init is None else v_init.detach(),
+        torch.randn_like(spikes), torch.randn_like(v_last), saved, None if v_init is None else v_init.detach(),
         w.detach(), params[0], params[1], params[2], params[3], params[4], params[5], params[6], params[7],
         params[8], params[9], backend,
     )  # fmt: skip
@@ -142,12 +145,14 @@ def saved_bytes_per_element(function, x_seq):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_saved_memory_per_element(dtype):
-    x_seq = torch.randn(4, 64, 256, device=DEVICE, dtype=dtype, requires_grad=True)
+@pytest.mark.parametrize("steps", [4, RECOMPUTE_MAX_STEPS + 1])
+def test_saved_memory_per_element(dtype, steps):
+    """Up to RECOMPUTE_MAX_STEPS the input itself is kept; beyond, the float32 charge; compact: 16 bits."""
+    x_seq = torch.randn(steps, 16, 64, device=DEVICE, dtype=dtype, requires_grad=True)
     exact = saved_bytes_per_element(lambda x: lif_multistep(x), x_seq)
     compact = saved_bytes_per_element(lambda x: lif_multistep(x, compact_state=True), x_seq)
-    assert exact == 4.0
-    assert compact == 2.0
+    assert exact == (x_seq.element_size() if steps <= RECOMPUTE_MAX_STEPS else 4.0)
+    assert exact <= 4.0 and compact == 2.0
     with torch.no_grad():
         assert saved_bytes_per_element(lambda x: lif_multistep(x), x_seq) == 0
 

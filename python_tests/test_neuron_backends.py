@@ -13,6 +13,7 @@ import torch
 from conftest import DEVICE, assert_bit_equal, assert_close_verbose, fast_backends
 
 from spikekern.ops import SURROGATES, if_multistep, lif_multistep, plif_multistep
+from spikekern.ops.neuron import RECOMPUTE_MAX_STEPS
 
 BACKENDS = fast_backends()
 pytestmark = pytest.mark.skipif(not BACKENDS, reason="no Triton or CUDA backend can run here")
@@ -76,8 +77,9 @@ def option_grid():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind,decay_input,soft_reset,detach_reset,with_v_init,compact_state", list(option_grid()))
-def test_options_match_reference(backend, kind, decay_input, soft_reset, detach_reset, with_v_init, compact_state):
-    x_seq, v_init, w = make_inputs((4, 3, 37), torch.float32, with_v_init)
+@pytest.mark.parametrize("steps", [4, RECOMPUTE_MAX_STEPS + 2], ids=["recompute", "saved-charge"])
+def test_options_match_reference(backend, kind, decay_input, soft_reset, detach_reset, with_v_init, compact_state, steps):
+    x_seq, v_init, w = make_inputs((steps, 3, 37), torch.float32, with_v_init)
     options = dict(v_reset=None if soft_reset else -0.25, detach_reset=detach_reset, compact_state=compact_state)
     if kind == "lif":
         options.update(tau=3.0, decay_input=decay_input)
@@ -96,7 +98,7 @@ def test_surrogates_match_reference(backend, kind, surrogate, alpha):
     check_against_reference(kind, backend, x_seq, v_init, w, surrogate=surrogate, alpha=alpha)
 
 
-SHAPES = [(1, 5), (1, 2, 3), (7, 1), (4, 3, 1025), (2, 2, 3, 5, 7), (3, 0, 4), (0, 4, 3), (5,)]
+SHAPES = [(1, 5), (1, 2, 3), (7, 1), (4, 3, 1025), (2, 2, 3, 5, 7), (3, 0, 4), (0, 4, 3), (5,), (16, 3, 5), (17, 3, 5)]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -16,7 +16,10 @@ from ._dispatch import check_backend_name, select_backend
 from .surrogate import resolve_surrogate, surrogate_gradient
 
 NEURON_IF, NEURON_LIF, NEURON_PLIF = 0, 1, 2
-STATE_NONE, STATE_FLOAT, STATE_BF16 = 0, 1, 2
+STATE_NONE, STATE_FLOAT, STATE_BF16, STATE_INPUT = 0, 1, 2, 3
+# Up to this many steps the backward kernels re-run the forward from the saved input in registers,
+# so the forward writes nothing but spikes; longer sequences save the charge instead.
+RECOMPUTE_MAX_STEPS = 16
 FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -26,6 +29,11 @@ def _compute_dtype(dtype):
 
 def _state_dtype(x_dtype, state_mode):
     return torch.bfloat16 if state_mode == STATE_BF16 else _compute_dtype(x_dtype)
+
+
+def _state_shape(x_shape, state_mode):
+    """The forward writes a state only in the charge-saving modes; otherwise it returns an empty one."""
+    return x_shape if state_mode in (STATE_FLOAT, STATE_BF16) else (0,)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -79,9 +87,7 @@ def reference_forward(x_seq, v_init, decay, neuron_kind, tau, decay_input, v_thr
     tau = torch.tensor(tau, dtype=compute_dtype, device=x.device)
     decay = None if decay is None else decay.to(compute_dtype)
     spikes = torch.empty_like(x_seq)
-    state = torch.empty(
-        x.shape if state_mode != STATE_NONE else (0,), dtype=_state_dtype(x_seq.dtype, state_mode), device=x.device
-    )
+    state = torch.empty(_state_shape(x.shape, state_mode), dtype=_state_dtype(x_seq.dtype, state_mode), device=x.device)
     for t in range(x.shape[0]):
         h = _charge(x[t], v, neuron_kind, tau, decay, decay_input, v_reset)
         spike = (h - v_threshold >= 0).to(compute_dtype)
@@ -100,6 +106,11 @@ def reference_backward(
 ):  # fmt: skip
     x_dtype = grad_spike.dtype
     compute_dtype = _compute_dtype(x_dtype)
+    if state_mode == STATE_INPUT:
+        _, _, state = reference_forward(
+            state, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, STATE_FLOAT
+        )
+        state_mode = STATE_FLOAT
     h_seq, shifted_seq, spike_seq = _unpack_state(state, state_mode, v_threshold, compute_dtype)
     surrogate_seq = surrogate_gradient(shifted_seq, surrogate, alpha)
     grad_spike = grad_spike.to(compute_dtype)
@@ -181,7 +192,8 @@ def neuron_forward(
     decay_input: bool, v_threshold: float, v_reset: float, soft_reset: bool, detach_reset: bool,
     surrogate: int, alpha: float, state_mode: int, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """Spikes ``[T, N, *]``, last membrane ``[N, *]`` and the saved state (empty for state_mode 0).
+    """Spikes ``[T, N, *]``, last membrane ``[N, *]`` and the charge state for backward (state_mode 1
+    and 2; empty for 0, no backward, and 3, where backward recomputes it from ``x_seq``).
 
     ``detach_reset``, ``surrogate`` and ``alpha`` only matter for backward; they are arguments here so
     that autograd sees them.
@@ -192,22 +204,20 @@ def neuron_forward(
         spikes, v_last, state = reference_forward(
             x_seq, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, state_mode
         )
-        return spikes, v_last, state.view(x_seq.shape if state_mode != STATE_NONE else (0,))
+        return spikes, v_last, state
     spikes, v_last, state = _run_forward(
         select_backend(backend, x_seq), _as_rows(x_seq, steps), _as_row(v_init), decay, neuron_kind, tau,
         decay_input, v_threshold, v_reset, soft_reset, state_mode,
     )  # fmt: skip
-    state_shape = x_seq.shape if state_mode != STATE_NONE else (0,)
-    return spikes.view(x_seq.shape), v_last.view(x_seq.shape[1:]), state.view(state_shape)
+    return spikes.view(x_seq.shape), v_last.view(x_seq.shape[1:]), state.view(_state_shape(x_seq.shape, state_mode))
 
 
 @neuron_forward.register_fake
 def _(x_seq, v_init, w, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha, state_mode, backend):
-    state_shape = x_seq.shape if state_mode != STATE_NONE else (0,)
     return (
         x_seq.new_empty(x_seq.shape),
         x_seq.new_empty(x_seq.shape[1:]),
-        x_seq.new_empty(state_shape, dtype=_state_dtype(x_seq.dtype, state_mode)),
+        x_seq.new_empty(_state_shape(x_seq.shape, state_mode), dtype=_state_dtype(x_seq.dtype, state_mode)),
     )
 
 
@@ -218,7 +228,10 @@ def neuron_backward(
     v_reset: float, soft_reset: bool, detach_reset: bool, surrogate: int, alpha: float,
     state_mode: int, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """Gradients for ``x_seq``, ``v_init`` and PLIF's ``w`` (empty unless PLIF)."""
+    """Gradients for ``x_seq``, ``v_init`` and PLIF's ``w`` (empty unless PLIF).
+
+    ``state`` is the forward's state output, or ``x_seq`` itself for state_mode 3.
+    """
     if state_mode == STATE_NONE:
         raise RuntimeError("spikekern::neuron_backward needs the state saved by a forward with state_mode != 0")
     decay = _decay_factor(w, grad_spike.dtype) if neuron_kind == NEURON_PLIF else None
@@ -249,7 +262,8 @@ def _(grad_spike, grad_v_last, state, v_init, w, neuron_kind, tau, decay_input, 
 def _setup_context(ctx, inputs, output):
     x_seq, v_init, w, *params, backend = inputs
     ctx.mark_non_differentiable(output[2])
-    ctx.save_for_backward(output[2], v_init, w)
+    state_mode = params[-1]
+    ctx.save_for_backward(x_seq if state_mode == STATE_INPUT else output[2], v_init, w)
     ctx.params = params
     ctx.backend = backend
     ctx.has_v_init = v_init is not None
@@ -333,7 +347,12 @@ def _neuron_multistep(
     if v_init is not None and v_init.dtype != x_seq.dtype:
         v_init = v_init.to(x_seq.dtype)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x_seq, v_init, w))
-    state_mode = STATE_NONE if not needs_grad else (STATE_BF16 if compact_state else STATE_FLOAT)
+    if not needs_grad:
+        state_mode = STATE_NONE
+    elif compact_state:
+        state_mode = STATE_BF16
+    else:
+        state_mode = STATE_INPUT if x_seq.shape[0] <= RECOMPUTE_MAX_STEPS else STATE_FLOAT
     spikes, v_last, _ = torch.ops.spikekern.neuron_forward(
         x_seq, v_init, w, neuron_kind, float(tau), decay_input, float(v_threshold),
         0.0 if v_reset is None else float(v_reset), v_reset is None, detach_reset, surrogate_id, alpha,

@@ -10,9 +10,11 @@ import triton
 import triton.language as tl
 
 NEURON_IF, NEURON_LIF, NEURON_PLIF = 0, 1, 2
-STATE_NONE, STATE_FLOAT, STATE_BF16 = 0, 1, 2
+STATE_NONE, STATE_FLOAT, STATE_BF16, STATE_INPUT = 0, 1, 2, 3
 BLOCK = 1024
 NUM_WARPS = 4
+# Recomputing backward keeps a [T_PAD, block] tile of charges in registers: ~32 floats per thread.
+RECOMPUTE_TILE = 4096
 
 
 @triton.jit
@@ -80,10 +82,19 @@ def _surrogate_gradient(x, alpha, SURROGATE: tl.constexpr):
 
 
 @triton.jit
-def _load_state(state_ptr, offsets, mask, v_threshold, STATE_MODE: tl.constexpr):
-    """(h, h - v_threshold, spike as float) of one step from the saved state."""
-    if STATE_MODE == 1:
-        h = tl.load(state_ptr + offsets, mask=mask, other=0.0)
+def _row(tile, steps, t):
+    """Row ``t`` of a [T_PAD, BLOCK] register tile (exact: every other term added is 0)."""
+    return tl.sum(tl.where(steps == t, tile, 0.0), axis=0)
+
+
+@triton.jit
+def _load_state(state_ptr, offsets, mask, charge_tile, steps, t, v_threshold, STATE_MODE: tl.constexpr):
+    """(h, h - v_threshold, spike as float) of step t, from the saved state or the recomputed tile."""
+    if STATE_MODE == 1 or STATE_MODE == 3:
+        if STATE_MODE == 1:
+            h = tl.load(state_ptr + offsets, mask=mask, other=0.0)
+        else:
+            h = _row(charge_tile, steps, t)
         shifted = h - v_threshold
         spike = (shifted >= 0).to(tl.float32)
     else:
@@ -132,7 +143,7 @@ def _backward_kernel(
     T, M, tau, v_threshold, v_reset, alpha,
     NEURON_KIND: tl.constexpr, DECAY_INPUT: tl.constexpr, SOFT_RESET: tl.constexpr,
     DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr, HAS_GRAD_V_LAST: tl.constexpr,
-    HAS_V_INIT: tl.constexpr, STATE_MODE: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_V_INIT: tl.constexpr, STATE_MODE: tl.constexpr, T_PAD: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     neurons = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = neurons < M
@@ -151,14 +162,28 @@ def _backward_kernel(
     else:
         v_first = tl.zeros([BLOCK], dtype=tl.float32) + v_reset
     plif_sum = tl.zeros([BLOCK], dtype=tl.float32)
+    steps = tl.arange(0, T_PAD)[:, None]
+    charge_tile = tl.zeros([T_PAD, BLOCK], dtype=tl.float32)
+    if STATE_MODE == 3:
+        # state_ptr is x_seq: re-run the forward (the same operations, so the same charges) into registers.
+        x_tile = tl.load(
+            state_ptr + (steps.to(tl.int64) * M + neurons[None, :]), mask=(steps < T) & mask[None, :], other=0.0
+        ).to(tl.float32)
+        v = v_first
+        for t in range(T):
+            h = _charge(_row(x_tile, steps, t), v, k, tau, v_reset, NEURON_KIND, DECAY_INPUT)
+            v = _reset(h, (h - v_threshold >= 0).to(tl.float32), v_threshold, v_reset, SOFT_RESET)
+            charge_tile = tl.where(steps == t, h[None, :], charge_tile)
     offsets = neurons + (T - 1).to(tl.int64) * M
     # The state of step t-1 is prefetched while handling step t, so each step is read once.
-    h_prev, shifted_prev, spike_prev = _load_state(state_ptr, offsets, mask, v_threshold, STATE_MODE)
-    for _ in range(T):
+    h_prev, shifted_prev, spike_prev = _load_state(
+        state_ptr, offsets, mask, charge_tile, steps, T - 1, v_threshold, STATE_MODE
+    )
+    for i in range(T):
         h, shifted, spike = h_prev, shifted_prev, spike_prev
         has_prev = offsets >= M  # step t > 0
         h_prev, shifted_prev, spike_prev = _load_state(
-            state_ptr, offsets - M, mask & has_prev, v_threshold, STATE_MODE
+            state_ptr, offsets - M, mask & has_prev, charge_tile, steps, T - 2 - i, v_threshold, STATE_MODE
         )
         sg = _surrogate_gradient(shifted, alpha, SURROGATE)
         if SOFT_RESET:
@@ -202,7 +227,8 @@ def neuron_forward(x_seq, v_init, decay, neuron_kind, tau, decay_input, v_thresh
     spikes = torch.empty_like(x_seq)
     v_last = torch.empty(neurons, dtype=x_seq.dtype, device=x_seq.device)
     state_dtype = torch.bfloat16 if state_mode == STATE_BF16 else torch.float32
-    state = torch.empty((steps, neurons) if state_mode else (0,), dtype=state_dtype, device=x_seq.device)
+    writes_state = state_mode in (STATE_FLOAT, STATE_BF16)
+    state = torch.empty((steps, neurons) if writes_state else (0,), dtype=state_dtype, device=x_seq.device)
     grid = (triton.cdiv(neurons, BLOCK),)
     _forward_kernel[grid](
         x_seq, v_init, decay, spikes, v_last, _state_view(state, state_mode),
@@ -219,7 +245,9 @@ def neuron_backward(
     soft_reset, detach_reset, surrogate, alpha, state_mode,
 ):  # fmt: skip
     steps, neurons = grad_spike.shape
-    grid = (triton.cdiv(neurons, BLOCK),)
+    steps_padded = triton.next_power_of_2(steps) if state_mode == STATE_INPUT else 1
+    block = min(BLOCK, RECOMPUTE_TILE // steps_padded)
+    grid = (triton.cdiv(neurons, block),)
     grad_x = torch.empty_like(grad_spike)
     grad_v_init = torch.empty(neurons, dtype=grad_spike.dtype, device=grad_spike.device)
     partials = torch.empty(grid[0] if neuron_kind == NEURON_PLIF else 0, dtype=torch.float32, device=grad_spike.device)
@@ -229,6 +257,7 @@ def neuron_backward(
         steps, neurons, tau, v_threshold, v_reset, alpha,
         NEURON_KIND=neuron_kind, DECAY_INPUT=decay_input, SOFT_RESET=soft_reset,
         DETACH_RESET=detach_reset, SURROGATE=surrogate, HAS_GRAD_V_LAST=grad_v_last is not None,
-        HAS_V_INIT=v_init is not None, STATE_MODE=state_mode, BLOCK=BLOCK, num_warps=NUM_WARPS,
+        HAS_V_INIT=v_init is not None, STATE_MODE=state_mode, T_PAD=steps_padded, BLOCK=block,
+        num_warps=NUM_WARPS, enable_fp_fusion=False,  # the recomputed forward must round like the forward
     )  # fmt: skip
     return grad_x, grad_v_init, partials
