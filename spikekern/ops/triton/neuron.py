@@ -82,6 +82,15 @@ def _surrogate_gradient(x, alpha, SURROGATE: tl.constexpr):
 
 
 @triton.jit
+def _initial_membrane(v_init_ptr, neurons, mask, v_reset, HAS_V_INIT: tl.constexpr, BLOCK: tl.constexpr):
+    if HAS_V_INIT:
+        v = tl.load(v_init_ptr + neurons, mask=mask, other=0.0).to(tl.float32)
+    else:
+        v = tl.zeros([BLOCK], dtype=tl.float32) + v_reset
+    return v
+
+
+@triton.jit
 def _row(tile, steps, t):
     """Row ``t`` of a [T_PAD, BLOCK] register tile (exact: every other term added is 0)."""
     return tl.sum(tl.where(steps == t, tile, 0.0), axis=0)
@@ -114,10 +123,7 @@ def _forward_kernel(
 ):  # fmt: skip
     neurons = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = neurons < M
-    if HAS_V_INIT:
-        v = tl.load(v_init_ptr + neurons, mask=mask, other=0.0).to(tl.float32)
-    else:
-        v = tl.zeros([BLOCK], dtype=tl.float32) + v_reset
+    v = _initial_membrane(v_init_ptr, neurons, mask, v_reset, HAS_V_INIT, BLOCK)
     k = 0.0
     if NEURON_KIND == 2:
         k = tl.load(decay_ptr)
@@ -157,10 +163,7 @@ def _backward_kernel(
         k = 1.0 / tau
     else:
         k = tl.load(decay_ptr)
-    if HAS_V_INIT:
-        v_first = tl.load(v_init_ptr + neurons, mask=mask, other=0.0).to(tl.float32)
-    else:
-        v_first = tl.zeros([BLOCK], dtype=tl.float32) + v_reset
+    v_first = _initial_membrane(v_init_ptr, neurons, mask, v_reset, HAS_V_INIT, BLOCK)
     plif_sum = tl.zeros([BLOCK], dtype=tl.float32)
     steps = tl.arange(0, T_PAD)[:, None]
     charge_tile = tl.zeros([T_PAD, BLOCK], dtype=tl.float32)

@@ -1,0 +1,65 @@
+"""The Triton kernels compile for real GPUs (sm_80, sm_90) without one: ahead-of-time to PTX and cubin.
+
+The interpreter tier checks the arithmetic but not what only the GPU compiler sees (types, layouts,
+bfloat16). This also checks the forward's PTX: IEEE division (``div.rn``) for ``/ tau`` and no fused
+multiply-add, which the bit-exact match with the reference depends on.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton")
+
+import spikekern  # noqa: E402
+
+FORWARD = dict(NEURON_KIND=1, DECAY_INPUT=True, SOFT_RESET=False, HAS_V_INIT=True, STATE_MODE=0, BLOCK=1024)
+BACKWARD = dict(NEURON_KIND=1, DECAY_INPUT=True, SOFT_RESET=False, DETACH_RESET=False, SURROGATE=0,
+                HAS_GRAD_V_LAST=True, HAS_V_INIT=True, STATE_MODE=3, T_PAD=4, BLOCK=1024)  # fmt: skip
+
+
+def case(kernel, variant, dtype="float32", arch=90):
+    defaults = FORWARD if kernel == "_forward_kernel" else BACKWARD
+    return {"kernel": kernel, "constexprs": {**defaults, **variant}, "dtype": dtype, "arch": arch}
+
+
+CASES = (
+    [case("_forward_kernel", v) for v in [{}, {"NEURON_KIND": 0}, {"NEURON_KIND": 2}, {"DECAY_INPUT": False},
+                                          {"SOFT_RESET": True}, {"HAS_V_INIT": False}, {"STATE_MODE": 1},
+                                          {"STATE_MODE": 2}]]
+    + [case("_forward_kernel", {}, dtype, arch) for dtype in ("float16", "bfloat16") for arch in (80, 90)]
+    + [case("_backward_kernel", v) for v in [{}, {"NEURON_KIND": 0}, {"NEURON_KIND": 2},
+                                           {"NEURON_KIND": 2, "DECAY_INPUT": False}, {"SOFT_RESET": True},
+                                           {"DETACH_RESET": True}, {"HAS_GRAD_V_LAST": False},
+                                           {"HAS_V_INIT": False}, {"T_PAD": 16, "BLOCK": 256},
+                                           {"STATE_MODE": 1, "T_PAD": 1}]]
+    + [case("_backward_kernel", {"SURROGATE": s}) for s in range(1, 7)]
+    + [case("_backward_kernel", {}, "bfloat16", 80), case("_backward_kernel", {}, "float16"),
+       case("_backward_kernel", {"STATE_MODE": 2, "T_PAD": 1, "NEURON_KIND": 2}, "bfloat16")]
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    environment = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    package_root = os.path.dirname(os.path.dirname(spikekern.__file__))
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
+    script = os.path.join(os.path.dirname(__file__), "triton_aot.py")
+    result = subprocess.run(
+        [sys.executable, script], input=json.dumps(CASES), capture_output=True, text=True, env=environment
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=lambda i: f"{CASES[i]['kernel']}-{CASES[i]['dtype']}-sm{CASES[i]['arch']}-{i}")
+def test_kernel_compiles_for_gpu(compiled, index):
+    result, spec = compiled[index], CASES[index]
+    assert result["ok"], f"{spec}: {result.get('error')}"
+    if spec["kernel"] == "_forward_kernel":
+        assert not result["fma"], "the forward must not contract multiply-adds (bit-exactness with the reference)"
+        if spec["constexprs"]["NEURON_KIND"] == 1:
+            assert result["div_rn"], "LIF's division by tau must be an IEEE division"
