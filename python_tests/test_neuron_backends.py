@@ -173,3 +173,18 @@ def test_index_math_beyond_2_pow_31(backend):
     expected_spikes, expected_v = lif_multistep(x_seq[:, tail], backend="torch")
     assert_bit_equal(spikes[:, tail], expected_spikes, "spikes at the end")
     assert_bit_equal(v_last[tail], expected_v, "v_last at the end")
+
+
+@pytest.mark.parametrize("backend", ["torch"] + BACKENDS)
+def test_compact_state_keeps_the_spike_of_a_negative_zero_charge(backend):
+    """H = -0 at a zero threshold fires; the compact state must still say so (its sign bit)."""
+    x_seq = torch.tensor([[-0.0, 0.25], [0.0, -0.5]], device=DEVICE)
+    results = []
+    for compact_state in (False, True):
+        x = x_seq.clone().requires_grad_()
+        spikes, v_last = if_multistep(x, v_threshold=0.0, compact_state=compact_state, backend=backend)
+        (spikes.sum() + v_last.sum()).backward()
+        results.append((spikes, x.grad))
+    assert results[0][0][0, 0] == 1.0
+    assert_bit_equal(results[1][0], results[0][0], "spikes")
+    assert_bit_equal(results[1][1], results[0][1], "grad x_seq (charges are exact in bfloat16 here)")

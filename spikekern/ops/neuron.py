@@ -96,7 +96,7 @@ def reference_forward(x_seq, v_init, decay, neuron_kind, tau, decay_input, v_thr
         if state_mode == STATE_FLOAT:
             state[t] = h
         elif state_mode == STATE_BF16:
-            state[t] = h - v_threshold
+            state[t] = (h - v_threshold) + 0.0  # -0 (fired) becomes +0: the sign bit is the spike
     return spikes, v.to(x_seq.dtype), state
 
 

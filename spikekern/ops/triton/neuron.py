@@ -66,7 +66,7 @@ def _surrogate_gradient(x, alpha, SURROGATE: tl.constexpr):
         z = x * (1.5707963267948966 * alpha)
         g = (alpha * 0.5) / (1.0 + z * z)
     elif SURROGATE == 2:
-        g = tl.maximum(alpha - alpha * alpha * tl.abs(x), 0.0)
+        g = tl.maximum(alpha - alpha * alpha * tl.abs(x), 0.0, propagate_nan=tl.PropagateNan.ALL)
     elif SURROGATE == 3:
         g = (alpha * 0.5) * tl.exp(-alpha * tl.abs(x))
     elif SURROGATE == 4:
@@ -137,7 +137,8 @@ def _forward_kernel(
         if STATE_MODE == 1:
             tl.store(state_ptr + offsets, h, mask=mask)
         elif STATE_MODE == 2:
-            tl.store(state_ptr + offsets, _to_bf16_bits(h - v_threshold), mask=mask)
+            # + 0.0 turns a -0 margin (which fired) into +0: the stored sign bit is the spike.
+            tl.store(state_ptr + offsets, _to_bf16_bits(h - v_threshold + 0.0), mask=mask)
         offsets += M
     tl.store(v_last_ptr + neurons, v.to(v_last_ptr.dtype.element_ty), mask=mask)
 

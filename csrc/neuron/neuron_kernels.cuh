@@ -1,0 +1,593 @@
+// Fused multi-step neuron kernels. Math, saved state and contract: docs/neuron_ops.md.
+//
+// One thread owns a group of neurons (one element, or a pack of up to 16 bytes of x's dtype when
+// the tensors allow it) and walks all T steps with the membrane in registers, so every tensor is
+// read or written exactly once. Consecutive threads own consecutive groups, so each step's accesses
+// are coalesced rows of [T, M].
+//
+// Compile-time switches: element type, neuron kind and decay_input, reset kind, detach_reset
+// (backward), state mode, group width. The surrogate is a warp-uniform runtime switch: templating
+// it would multiply the backward instantiations by 7, for no gain in a memory-bound kernel.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "neuron/neuron_ops.h"
+
+namespace spikekern {
+
+constexpr int kBlockSize = 128;
+constexpr int kPackBytes = 16;
+// Caps registers at 64 per thread: at least 1024 resident threads per SM, enough loads in flight
+// to saturate HBM. (Without a minimum, ptxas spills a few bytes in some instantiations.)
+constexpr int kMinBlocksPerMultiprocessor = 8;
+// Grid cap, in blocks per SM: at least 4 waves of resident blocks, so that the block scheduler
+// evens out the tail, while plif_partials (one float per block) stays short. Larger problems loop.
+constexpr int kMaxGridBlocksPerMultiprocessor = 64;
+// Recomputing backward keeps a [T][group width][kBlockSize] float32 tile of charges in shared
+// memory; at most 4 neurons per thread keep it within the 48 KB a block gets without opting in.
+constexpr int kMaxRecomputeGroupWidth = 4;
+static_assert(kMaxRecomputeSteps * kMaxRecomputeGroupWidth * kBlockSize * sizeof(float) <=
+              48 * 1024);
+
+// Neurons per thread: a 16-byte pack of x's dtype (capped when recomputing), or 1 when the
+// tensors' shape or alignment does not allow packs.
+constexpr int group_width(int element_bytes, bool vectorized, bool recompute) {
+  const int pack = kPackBytes / element_bytes;
+  if (!vectorized) return 1;
+  return recompute && pack > kMaxRecomputeGroupWidth ? kMaxRecomputeGroupWidth : pack;
+}
+
+// Element type of the state: forward's output, backward's input (x_seq itself when recomputing).
+template <typename scalar_t, StateMode kMode>
+using StateElement = std::conditional_t<
+    kMode == StateMode::kBFloat16Margin, __nv_bfloat16,
+    std::conditional_t<kMode == StateMode::kRecompute, scalar_t, float>>;
+
+// -------------------------------------------------------------------------------------------------
+// Loads and stores: values live in float32 registers whatever the storage type.
+
+__device__ __forceinline__ float to_float(float value) { return value; }
+__device__ __forceinline__ float to_float(__half value) { return __half2float(value); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 value) { return __bfloat162float(value); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float value);
+template <>
+__device__ __forceinline__ float from_float<float>(float value) { return value; }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float value) { return __float2half_rn(value); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float value) {
+  return __float2bfloat16_rn(value);
+}
+
+// N consecutive elements moved as one aligned access (up to 128-bit; two for 8 float32 elements).
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T elements[N];
+};
+
+template <int N, typename T>
+__device__ __forceinline__ void load_pack(const T* source, float (&values)[N]) {
+  const Pack<T, N> pack = *reinterpret_cast<const Pack<T, N>*>(source);
+#pragma unroll
+  for (int i = 0; i < N; ++i) values[i] = to_float(pack.elements[i]);
+}
+
+template <int N, typename T>
+__device__ __forceinline__ void store_pack(T* destination, const float (&values)[N]) {
+  Pack<T, N> pack;
+#pragma unroll
+  for (int i = 0; i < N; ++i) pack.elements[i] = from_float<T>(values[i]);
+  *reinterpret_cast<Pack<T, N>*>(destination) = pack;
+}
+
+template <int N>
+__device__ __forceinline__ void fill(float (&values)[N], float value) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) values[i] = value;
+}
+
+template <int N>
+__device__ __forceinline__ void copy(float (&destination)[N], const float (&source)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) destination[i] = source[i];
+}
+
+// -------------------------------------------------------------------------------------------------
+// Neuron dynamics.
+
+// The spike, as a float, from H - v_threshold.
+__device__ __forceinline__ float fires(float margin) { return margin >= 0.0f ? 1.0f : 0.0f; }
+
+template <NeuronKind kKind, bool kDecayInput, bool kSoftReset>
+struct Neuron {
+  float tau;
+  float decay;  // PLIF's k
+  float v_threshold;
+  float v_reset;
+  float charge_grad_v;  // dH/dV[t-1], for backward
+
+  __device__ explicit Neuron(const NeuronConfig& config)
+      : tau(config.tau),
+        decay(kKind == NeuronKind::kPLIF ? __ldg(config.decay) : 0.0f),
+        v_threshold(config.v_threshold),
+        v_reset(config.v_reset),
+        charge_grad_v(kKind == NeuronKind::kLIF    ? 1.0f - 1.0f / tau
+                      : kKind == NeuronKind::kPLIF ? 1.0f - decay
+                                                   : 1.0f) {}
+
+  // Forward: one intrinsic per operation, in the reference's order, so that nvcc cannot contract a
+  // multiply-add into an FMA and the result is bit-identical to the PyTorch reference.
+  __device__ __forceinline__ float charge(float v, float x) const {
+    if constexpr (kKind == NeuronKind::kIF) {
+      return __fadd_rn(v, x);
+    } else if constexpr (kKind == NeuronKind::kLIF) {
+      if constexpr (kDecayInput) {
+        return __fadd_rn(v, __fdiv_rn(__fsub_rn(x, __fsub_rn(v, v_reset)), tau));
+      } else {
+        return __fadd_rn(__fsub_rn(v, __fdiv_rn(__fsub_rn(v, v_reset), tau)), x);
+      }
+    } else {
+      if constexpr (kDecayInput) {
+        return __fadd_rn(v, __fmul_rn(__fsub_rn(x, __fsub_rn(v, v_reset)), decay));
+      } else {
+        return __fadd_rn(__fsub_rn(v, __fmul_rn(__fsub_rn(v, v_reset), decay)), x);
+      }
+    }
+  }
+
+  // H - v_threshold: the spike is its sign, and compact state stores it.
+  // Adding +0 turns a -0 margin (H = -0 at a zero threshold, which fires) into +0, so that the sign
+  // bit of the stored compact state still says "fired".
+  __device__ __forceinline__ float margin(float h) const {
+    return __fadd_rn(__fsub_rn(h, v_threshold), 0.0f);
+  }
+
+  __device__ __forceinline__ float reset(float h, float spike) const {
+    if constexpr (kSoftReset) {
+      return __fsub_rn(h, __fmul_rn(spike, v_threshold));
+    } else {
+      return __fadd_rn(__fmul_rn(spike, v_reset), __fmul_rn(__fsub_rn(1.0f, spike), h));
+    }
+  }
+
+  // Backward (tolerance-tested, so plain float math).
+  template <bool kDetachReset>
+  __device__ __forceinline__ float grad_v_wrt_h(float h, float spike, float surrogate) const {
+    if constexpr (kSoftReset) {
+      return kDetachReset ? 1.0f : 1.0f - v_threshold * surrogate;
+    } else {
+      return kDetachReset ? 1.0f - spike : (1.0f - spike) + (v_reset - h) * surrogate;
+    }
+  }
+
+  __device__ __forceinline__ float grad_x_from_grad_h(float grad_h) const {
+    if constexpr (kKind == NeuronKind::kLIF && kDecayInput) {
+      return grad_h / tau;
+    } else if constexpr (kKind == NeuronKind::kPLIF && kDecayInput) {
+      return grad_h * decay;
+    } else {
+      return grad_h;
+    }
+  }
+
+  __device__ __forceinline__ float grad_v_from_grad_h(float grad_h) const {
+    return grad_h * charge_grad_v;
+  }
+
+  // q in dL/dw = (factor) * sum(grad_h * q); see docs/neuron_ops.md.
+  __device__ __forceinline__ float plif_decay_term(float h, float v_previous) const {
+    return kDecayInput ? h - v_previous : v_reset - v_previous;
+  }
+};
+
+// One forward step for a group: charge, fire, reset. The forward kernel and the recomputing
+// backward share it, so that both produce the same bits.
+template <typename NeuronT, int N>
+__device__ __forceinline__ void forward_step(const NeuronT& neuron, float (&v)[N],
+                                             const float (&x)[N], float (&h)[N],
+                                             float (&margin)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    h[i] = neuron.charge(v[i], x[i]);
+    margin[i] = neuron.margin(h[i]);
+    v[i] = neuron.reset(h[i], fires(margin[i]));
+  }
+}
+
+// One saved step decoded: the charge H, H - v_threshold, and the spike, which must equal forward's.
+struct SavedStep {
+  float h;
+  float margin;
+  float spike;
+};
+
+// `saved` is H - v_threshold (widened from bfloat16) in compact mode, H otherwise.
+template <StateMode kStateMode>
+__device__ __forceinline__ SavedStep decode_saved_step(float saved, float v_threshold) {
+  if constexpr (kStateMode == StateMode::kBFloat16Margin) {
+    // Rounding to bfloat16 never flips the sign, so the spike is exact (a NaN never fired); H is
+    // approximate.
+    const bool spike = !signbit(saved) && !isnan(saved);
+    return {saved + v_threshold, saved, spike ? 1.0f : 0.0f};
+  } else {
+    const float margin = __fsub_rn(saved, v_threshold);
+    return {saved, margin, fires(margin)};
+  }
+}
+
+// g(x) with x = H - v_threshold; the id is uniform across the grid, so the switch does not diverge.
+__device__ __forceinline__ float surrogate_grad(Surrogate surrogate, float alpha, float x) {
+  constexpr float kHalfPi = 1.57079632679489661923f;
+  constexpr float kInvSqrtPi = 0.56418958354775628695f;
+  switch (surrogate) {
+    case Surrogate::kSigmoid: {
+      const float s = 1.0f / (1.0f + expf(-alpha * x));
+      return (1.0f - s) * s * alpha;
+    }
+    case Surrogate::kATan: {
+      const float z = x * (kHalfPi * alpha);
+      return (alpha * 0.5f) / (1.0f + z * z);
+    }
+    case Surrogate::kPiecewiseQuadratic: {
+      const float g = alpha - alpha * alpha * fabsf(x);
+      return g < 0.0f ? 0.0f : g;  // not fmaxf: a NaN must propagate, as in the reference
+    }
+    case Surrogate::kPiecewiseExp:
+      return (alpha * 0.5f) * expf(-alpha * fabsf(x));
+    case Surrogate::kSoftSign: {
+      const float z = 1.0f / alpha + fabsf(x);
+      return 1.0f / (2.0f * alpha * z * z);
+    }
+    case Surrogate::kSuperSpike: {
+      const float z = 1.0f + fabsf(x);
+      return alpha / (z * z);
+    }
+    default: {  // Surrogate::kErf (the op validates the id)
+      const float z = alpha * x;
+      return (alpha * kInvSqrtPi) * expf(-z * z);
+    }
+  }
+}
+
+// Deterministic: a fixed shuffle tree per warp, then warp 0 sums the warp totals. The result is
+// valid in thread 0 only.
+__device__ __forceinline__ float block_sum(float value) {
+  constexpr int kWarpSize = 32;
+  constexpr int kWarps = kBlockSize / kWarpSize;
+  __shared__ float warp_totals[kWarps];
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    value += __shfl_down_sync(0xffffffffu, value, offset);
+  }
+  if (lane == 0) warp_totals[warp] = value;
+  __syncthreads();
+  if (warp == 0) {
+    value = lane < kWarps ? warp_totals[lane] : 0.0f;
+#pragma unroll
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+      value += __shfl_down_sync(0xffffffffu, value, offset);
+    }
+  }
+  return value;
+}
+
+__device__ __forceinline__ int64_t first_group() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+
+__device__ __forceinline__ int64_t group_stride() {
+  return static_cast<int64_t>(gridDim.x) * blockDim.x;
+}
+
+// -------------------------------------------------------------------------------------------------
+// Kernels. A group is kVec consecutive neurons m .. m + kVec - 1, whose elements of step t start
+// at t * M + m. Each thread loads the next step's input before computing the current one, so that
+// two loads per thread are in flight.
+
+// V[-1]: v_init, or v_reset when there is none.
+template <typename scalar_t, int N>
+__device__ __forceinline__ void load_initial_membrane(const scalar_t* v_init, int64_t m,
+                                                      float v_reset, float (&v)[N]) {
+  if (v_init != nullptr) {
+    load_pack(v_init + m, v);
+  } else {
+    fill(v, v_reset);
+  }
+}
+
+template <typename scalar_t, NeuronKind kKind, bool kDecayInput, bool kSoftReset,
+          StateMode kStateMode, int kVec>
+__global__ void __launch_bounds__(kBlockSize, kMinBlocksPerMultiprocessor)
+    neuron_forward_kernel(const NeuronConfig config, const scalar_t* __restrict__ x_seq,
+                          const scalar_t* __restrict__ v_init, scalar_t* __restrict__ spike_seq,
+                          scalar_t* __restrict__ v_last,
+                          StateElement<scalar_t, kStateMode>* __restrict__ state) {
+  static_assert(kStateMode != StateMode::kRecompute, "recompute mode saves nothing: use kNone");
+  const Neuron<kKind, kDecayInput, kSoftReset> neuron(config);
+  const int64_t num_steps = config.num_steps;
+  const int64_t num_neurons = config.num_neurons;
+  const int64_t num_groups = num_neurons / kVec;
+
+  for (int64_t group = first_group(); group < num_groups; group += group_stride()) {
+    const int64_t m = group * kVec;
+    float v[kVec];
+    load_initial_membrane(v_init, m, config.v_reset, v);
+    float x_next[kVec];
+    load_pack(x_seq + m, x_next);
+
+    for (int64_t t = 0; t < num_steps; ++t) {
+      const int64_t offset = t * num_neurons + m;
+      float x[kVec];
+      copy(x, x_next);
+      if (t + 1 < num_steps) load_pack(x_seq + offset + num_neurons, x_next);
+
+      float h[kVec];
+      float margin[kVec];
+      forward_step(neuron, v, x, h, margin);
+      float spike[kVec];
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) spike[i] = fires(margin[i]);
+      store_pack(spike_seq + offset, spike);
+      if constexpr (kStateMode == StateMode::kFloat32Charge) store_pack(state + offset, h);
+      if constexpr (kStateMode == StateMode::kBFloat16Margin) store_pack(state + offset, margin);
+    }
+    store_pack(v_last + m, v);
+  }
+}
+
+template <typename scalar_t, NeuronKind kKind, bool kDecayInput, bool kSoftReset, bool kDetachReset,
+          StateMode kStateMode, int kVec>
+__global__ void __launch_bounds__(kBlockSize, kMinBlocksPerMultiprocessor)
+    neuron_backward_kernel(const NeuronConfig config, const Surrogate surrogate, const float alpha,
+                           const scalar_t* __restrict__ grad_spike,
+                           const scalar_t* __restrict__ grad_v_last,
+                           const StateElement<scalar_t, kStateMode>* __restrict__ state,
+                           const scalar_t* __restrict__ v_init, scalar_t* __restrict__ grad_x,
+                           scalar_t* __restrict__ grad_v_init, float* __restrict__ plif_partials) {
+  static_assert(kStateMode != StateMode::kNone, "backward needs a state");
+  constexpr bool kPLIF = kKind == NeuronKind::kPLIF;
+  constexpr bool kRecompute = kStateMode == StateMode::kRecompute;
+  // kRecompute: H[t] of element i of this thread's group is at [(t * kVec + i) * kBlockSize +
+  // threadIdx.x]. Only its own thread touches a slot, so no barrier is needed.
+  extern __shared__ float recomputed_charges[];
+  const auto charge_slot = [&](int64_t t, int i) -> float& {
+    return recomputed_charges[(t * kVec + i) * kBlockSize + threadIdx.x];
+  };
+  // The state of step t, as floats: H, H - v_threshold (compact mode), or the recomputed H.
+  const auto load_saved = [&](int64_t t, int64_t m, float(&saved)[kVec]) {
+    if constexpr (kRecompute) {
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) saved[i] = charge_slot(t, i);
+    } else {
+      load_pack(state + t * config.num_neurons + m, saved);
+    }
+  };
+
+  const Neuron<kKind, kDecayInput, kSoftReset> neuron(config);
+  const int64_t num_steps = config.num_steps;
+  const int64_t num_neurons = config.num_neurons;
+  const int64_t num_groups = num_neurons / kVec;
+  float plif_sum = 0.0f;  // this thread's share of P
+
+  for (int64_t group = first_group(); group < num_groups; group += group_stride()) {
+    const int64_t m = group * kVec;
+    float grad_v[kVec];  // dL/dV[t], walking t downwards
+    if (grad_v_last != nullptr) {
+      load_pack(grad_v_last + m, grad_v);
+    } else {
+      fill(grad_v, 0.0f);
+    }
+    float v_start[kVec];  // V[-1]: PLIF's dH/dk at t = 0, and the start of the recomputation
+    if constexpr (kPLIF || kRecompute) load_initial_membrane(v_init, m, config.v_reset, v_start);
+
+    if constexpr (kRecompute) {
+      // `state` is x_seq: re-run the forward, with the forward's operations, into shared memory.
+      float v[kVec];
+      copy(v, v_start);
+      float x_next[kVec];
+      load_pack(state + m, x_next);
+      for (int64_t t = 0; t < num_steps; ++t) {
+        float x[kVec];
+        copy(x, x_next);
+        if (t + 1 < num_steps) load_pack(state + (t + 1) * num_neurons + m, x_next);
+        float h[kVec];
+        float margin[kVec];
+        forward_step(neuron, v, x, h, margin);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) charge_slot(t, i) = h[i];
+      }
+    }
+
+    float saved[kVec];
+    float saved_previous[kVec] = {};  // step t - 1: prefetched, and PLIF recomputes V[t-1] from it
+    load_saved(num_steps - 1, m, saved);
+
+    for (int64_t t = num_steps - 1; t >= 0; --t) {
+      const int64_t offset = t * num_neurons + m;
+      if (t > 0) load_saved(t - 1, m, saved_previous);
+      float grad_s[kVec];
+      load_pack(grad_spike + offset, grad_s);
+
+      float grad_in[kVec];
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        const SavedStep step = decode_saved_step<kStateMode>(saved[i], neuron.v_threshold);
+        const float g = surrogate_grad(surrogate, alpha, step.margin);
+        const float grad_h =
+            grad_s[i] * g +
+            grad_v[i] * neuron.template grad_v_wrt_h<kDetachReset>(step.h, step.spike, g);
+        grad_in[i] = neuron.grad_x_from_grad_h(grad_h);
+        grad_v[i] = neuron.grad_v_from_grad_h(grad_h);
+        if constexpr (kPLIF) {
+          float v_previous = v_start[i];
+          if (t > 0) {
+            const SavedStep previous =
+                decode_saved_step<kStateMode>(saved_previous[i], neuron.v_threshold);
+            v_previous = neuron.reset(previous.h, previous.spike);
+          }
+          plif_sum += grad_h * neuron.plif_decay_term(step.h, v_previous);
+        }
+      }
+      store_pack(grad_x + offset, grad_in);
+      copy(saved, saved_previous);
+    }
+    store_pack(grad_v_init + m, grad_v);
+  }
+
+  if constexpr (kPLIF) {
+    // Every thread reaches this point (the loop above has no early exit), as block_sum requires.
+    const float block_total = block_sum(plif_sum);
+    if (threadIdx.x == 0) plif_partials[blockIdx.x] = block_total;
+  }
+}
+
+// -------------------------------------------------------------------------------------------------
+// Host-side dispatch from runtime flags to kernel instantiations.
+
+template <auto kValue>
+using Constant = std::integral_constant<decltype(kValue), kValue>;
+
+template <typename Body>
+void dispatch_bool(bool flag, Body&& body) {
+  if (flag) {
+    body(std::true_type{});
+  } else {
+    body(std::false_type{});
+  }
+}
+
+// Calls body(kind, decay_input, soft_reset) as constants. IF has no decay, so only
+// decay_input=false is instantiated for it: 5 (kind, decay_input) pairs times 2 resets.
+template <typename Body>
+void dispatch_neuron(const NeuronConfig& config, Body&& body) {
+  dispatch_bool(config.soft_reset, [&](auto soft_reset) {
+    switch (config.kind) {
+      case NeuronKind::kIF:
+        body(Constant<NeuronKind::kIF>{}, std::false_type{}, soft_reset);
+        break;
+      case NeuronKind::kLIF:
+        dispatch_bool(config.decay_input, [&](auto decay_input) {
+          body(Constant<NeuronKind::kLIF>{}, decay_input, soft_reset);
+        });
+        break;
+      case NeuronKind::kPLIF:
+        dispatch_bool(config.decay_input, [&](auto decay_input) {
+          body(Constant<NeuronKind::kPLIF>{}, decay_input, soft_reset);
+        });
+        break;
+    }
+  });
+}
+
+// What forward writes: in recompute mode, like kNone, nothing.
+template <typename Body>
+void dispatch_forward_state_mode(StateMode mode, Body&& body) {
+  switch (mode) {
+    case StateMode::kNone:
+    case StateMode::kRecompute:
+      body(Constant<StateMode::kNone>{});
+      break;
+    case StateMode::kFloat32Charge:
+      body(Constant<StateMode::kFloat32Charge>{});
+      break;
+    case StateMode::kBFloat16Margin:
+      body(Constant<StateMode::kBFloat16Margin>{});
+      break;
+  }
+}
+
+// What backward reads (the op rejects StateMode::kNone).
+template <typename Body>
+void dispatch_backward_state_mode(StateMode mode, Body&& body) {
+  switch (mode) {
+    case StateMode::kNone:
+    case StateMode::kFloat32Charge:
+      body(Constant<StateMode::kFloat32Charge>{});
+      break;
+    case StateMode::kBFloat16Margin:
+      body(Constant<StateMode::kBFloat16Margin>{});
+      break;
+    case StateMode::kRecompute:
+      body(Constant<StateMode::kRecompute>{});
+      break;
+  }
+}
+
+template <typename scalar_t>
+void launch_neuron_forward_typed(const NeuronForwardArgs& args, const LaunchPlan& plan,
+                                 cudaStream_t stream) {
+  const NeuronConfig& config = args.config;
+  const dim3 grid(static_cast<unsigned int>(plan.num_blocks));
+  dispatch_neuron(config, [&](auto kind, auto decay_input, auto soft_reset) {
+    dispatch_forward_state_mode(config.state_mode, [&](auto state_mode) {
+      dispatch_bool(plan.vectorized, [&](auto vectorized) {
+        constexpr StateMode kStateMode = decltype(state_mode)::value;
+        constexpr int kVec = group_width(sizeof(scalar_t), decltype(vectorized)::value, false);
+        neuron_forward_kernel<scalar_t, decltype(kind)::value, decltype(decay_input)::value,
+                              decltype(soft_reset)::value, kStateMode, kVec>
+            <<<grid, kBlockSize, 0, stream>>>(
+                config, static_cast<const scalar_t*>(args.x_seq),
+                static_cast<const scalar_t*>(args.v_init), static_cast<scalar_t*>(args.spike_seq),
+                static_cast<scalar_t*>(args.v_last),
+                static_cast<StateElement<scalar_t, kStateMode>*>(args.state));
+      });
+    });
+  });
+}
+
+template <typename scalar_t>
+void launch_neuron_backward_typed(const NeuronBackwardArgs& args, const LaunchPlan& plan,
+                                  cudaStream_t stream) {
+  const NeuronConfig& config = args.config;
+  const dim3 grid(static_cast<unsigned int>(plan.num_blocks));
+  dispatch_neuron(config, [&](auto kind, auto decay_input, auto soft_reset) {
+    dispatch_bool(args.detach_reset, [&](auto detach_reset) {
+      dispatch_backward_state_mode(config.state_mode, [&](auto state_mode) {
+        dispatch_bool(plan.vectorized, [&](auto vectorized) {
+          constexpr StateMode kStateMode = decltype(state_mode)::value;
+          constexpr bool kRecompute = kStateMode == StateMode::kRecompute;
+          constexpr int kVec =
+              group_width(sizeof(scalar_t), decltype(vectorized)::value, kRecompute);
+          const size_t shared_bytes =
+              kRecompute ? config.num_steps * kVec * kBlockSize * sizeof(float) : 0;
+          neuron_backward_kernel<scalar_t, decltype(kind)::value, decltype(decay_input)::value,
+                                 decltype(soft_reset)::value, decltype(detach_reset)::value,
+                                 kStateMode, kVec>
+              <<<grid, kBlockSize, shared_bytes, stream>>>(
+                  config, args.surrogate, args.alpha,
+                  static_cast<const scalar_t*>(args.grad_spike),
+                  static_cast<const scalar_t*>(args.grad_v_last),
+                  static_cast<const StateElement<scalar_t, kStateMode>*>(args.state),
+                  static_cast<const scalar_t*>(args.v_init), static_cast<scalar_t*>(args.grad_x),
+                  static_cast<scalar_t*>(args.grad_v_init), args.plif_partials);
+        });
+      });
+    });
+  });
+}
+
+// Instantiated once per element type in neuron_{forward,backward}_<type>.cu.
+extern template void launch_neuron_forward_typed<float>(
+    const NeuronForwardArgs&, const LaunchPlan&, cudaStream_t);
+extern template void launch_neuron_forward_typed<__half>(
+    const NeuronForwardArgs&, const LaunchPlan&, cudaStream_t);
+extern template void launch_neuron_forward_typed<__nv_bfloat16>(
+    const NeuronForwardArgs&, const LaunchPlan&, cudaStream_t);
+extern template void launch_neuron_backward_typed<float>(
+    const NeuronBackwardArgs&, const LaunchPlan&, cudaStream_t);
+extern template void launch_neuron_backward_typed<__half>(
+    const NeuronBackwardArgs&, const LaunchPlan&, cudaStream_t);
+extern template void launch_neuron_backward_typed<__nv_bfloat16>(
+    const NeuronBackwardArgs&, const LaunchPlan&, cudaStream_t);
+
+}  // namespace spikekern

@@ -1,0 +1,94 @@
+// Host-side interface between the torch op (neuron_ops.cpp) and the CUDA kernels (neuron_*.cu).
+// Plain structs and raw pointers only, so the .cu files compile without torch headers.
+// Semantics: docs/neuron_ops.md.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace spikekern {
+
+enum class NeuronKind : int { kIF = 0, kLIF = 1, kPLIF = 2 };
+
+// What forward saves for backward, per element and step.
+enum class StateMode : int {
+  kNone = 0,            // nothing (no gradient needed)
+  kFloat32Charge = 1,   // H[t] in float32
+  kBFloat16Margin = 2,  // H[t] - v_threshold in bfloat16
+  kRecompute = 3,       // nothing: backward gets x_seq as its state and re-runs the forward
+};
+// Recomputing backward keeps the charges of all steps on chip (shared memory), which bounds T.
+constexpr int64_t kMaxRecomputeSteps = 16;
+
+enum class ElementType : int { kFloat32, kFloat16, kBFloat16 };
+
+// SpikingJelly's surrogate ids; formulas in docs/neuron_ops.md.
+enum class Surrogate : int {
+  kSigmoid = 0,
+  kATan = 1,
+  kPiecewiseQuadratic = 2,
+  kPiecewiseExp = 3,
+  kSoftSign = 4,
+  kSuperSpike = 5,
+  kErf = 6,
+};
+constexpr int kNumSurrogates = 7;
+
+// Everything that defines the neuron dynamics, shared by forward and backward.
+struct NeuronConfig {
+  int64_t num_steps;    // T
+  int64_t num_neurons;  // M
+  // Of x_seq / grad_spike, and of every other [M] or [T, M] tensor except state.
+  ElementType element_type;
+  NeuronKind kind;
+  bool decay_input;
+  bool soft_reset;
+  StateMode state_mode;
+  float tau;
+  float v_threshold;
+  float v_reset;       // 0 for soft reset
+  const float* decay;  // PLIF: device pointer to k = sigmoid(w); nullptr otherwise
+};
+
+struct NeuronForwardArgs {
+  NeuronConfig config;
+  const void* x_seq;   // [T, M]
+  const void* v_init;  // [M] or nullptr (start from v_reset)
+  void* spike_seq;     // [T, M]
+  void* v_last;        // [M]
+  void* state;         // [T, M] float32 or bfloat16; nullptr for kNone and kRecompute
+};
+
+struct NeuronBackwardArgs {
+  NeuronConfig config;
+  bool detach_reset;
+  Surrogate surrogate;
+  float alpha;
+  const void* grad_spike;   // [T, M]
+  const void* grad_v_last;  // [M] or nullptr (zeros)
+  const void* state;        // [T, M]: float32 H, bfloat16 H - v_threshold, or x_seq (kRecompute)
+  const void* v_init;       // [M] or nullptr (v_reset)
+  void* grad_x;             // [T, M]
+  void* grad_v_init;        // [M]
+  float* plif_partials;     // [LaunchPlan::num_blocks] for PLIF, nullptr otherwise
+};
+
+// Grid shape chosen from the problem size, the pointers' alignment and the device; backward's
+// plif_partials holds one float per block, so the caller allocates it from num_blocks.
+struct LaunchPlan {
+  bool vectorized;  // packs of neurons per thread (see group_width) instead of single elements
+  int64_t num_blocks;
+};
+
+LaunchPlan plan_neuron_forward(const NeuronForwardArgs& args, int multiprocessor_count);
+LaunchPlan plan_neuron_backward(const NeuronBackwardArgs& args, int multiprocessor_count);
+
+// Enqueue one kernel on `stream`, without synchronising; needs T >= 1 and M >= 1. The caller checks
+// the launch error.
+void launch_neuron_forward(const NeuronForwardArgs& args, const LaunchPlan& plan,
+                           cudaStream_t stream);
+void launch_neuron_backward(const NeuronBackwardArgs& args, const LaunchPlan& plan,
+                            cudaStream_t stream);
+
+}  // namespace spikekern
