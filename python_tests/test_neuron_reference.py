@@ -145,6 +145,7 @@ def test_surrogate_formulas(name):
         "soft_sign": 1 / (2 * alpha * (1 / alpha + x.abs()) ** 2),
         "super_spike": alpha / (1 + x.abs()) ** 2,
         "erf": alpha / math.sqrt(math.pi) * torch.exp(-((alpha * x) ** 2)),
+        "fast_sigmoid": 1 / (alpha * x.abs() + 1) ** 2,
     }[name]
     assert_close_verbose(surrogate_gradient(x, SURROGATES[name].id, alpha), expected, 1e-12, 1e-12, name)
 

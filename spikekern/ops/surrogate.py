@@ -1,7 +1,8 @@
 """Surrogate gradients of the Heaviside spike: names, ids, default alphas and the reference formulas.
 
-Ids and formulas are SpikingJelly's (``spikingjelly/_ops/surrogate.py``) so that kernels and models
-trained with either package agree. The kernels evaluate the same formulas in float32.
+Ids 0-6 and their formulas are SpikingJelly's (``spikingjelly/_ops/surrogate.py``), id 7 is snnTorch's
+``fast_sigmoid``, so that kernels and models trained with either package agree. The kernels evaluate
+the same formulas in float32.
 """
 
 import math
@@ -27,6 +28,7 @@ SURROGATES = {
         Surrogate("soft_sign", 4, 2.0),
         Surrogate("super_spike", 5, 1.0),
         Surrogate("erf", 6, 2.0),
+        Surrogate("fast_sigmoid", 7, 25.0),  # snnTorch's fast_sigmoid(slope): alpha is the slope
     )
 }
 
@@ -68,4 +70,7 @@ def surrogate_gradient(x: torch.Tensor, surrogate_id: int, alpha: float) -> torc
     if surrogate_id == 6:
         z = alpha * x
         return (alpha / math.sqrt(math.pi)) * torch.exp(-z * z)
+    if surrogate_id == 7:
+        z = alpha * x.abs() + 1
+        return 1 / (z * z)
     raise ValueError(f"unknown surrogate id {surrogate_id}")

@@ -9,6 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .surrogate import surrogate_gradient
+
 NEURON_IF, NEURON_LIF, NEURON_PLIF = 0, 1, 2
 STATE_NONE, STATE_FLOAT, STATE_BF16, STATE_INPUT = 0, 1, 2, 3
 BLOCK = 1024
@@ -55,30 +57,6 @@ def _to_bf16_bits(x):
 @triton.jit
 def _from_bf16_bits(bits):
     return (bits.to(tl.int32) << 16).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _surrogate_gradient(x, alpha, SURROGATE: tl.constexpr):
-    if SURROGATE == 0:
-        s = 1.0 / (1.0 + tl.exp(-alpha * x))
-        g = (1.0 - s) * s * alpha
-    elif SURROGATE == 1:
-        z = x * (1.5707963267948966 * alpha)
-        g = (alpha * 0.5) / (1.0 + z * z)
-    elif SURROGATE == 2:
-        g = tl.maximum(alpha - alpha * alpha * tl.abs(x), 0.0, propagate_nan=tl.PropagateNan.ALL)
-    elif SURROGATE == 3:
-        g = (alpha * 0.5) * tl.exp(-alpha * tl.abs(x))
-    elif SURROGATE == 4:
-        z = 1.0 / alpha + tl.abs(x)
-        g = 1.0 / (2.0 * alpha * z * z)
-    elif SURROGATE == 5:
-        z = 1.0 + tl.abs(x)
-        g = alpha / (z * z)
-    else:
-        z = alpha * x
-        g = (alpha * 0.5641895835477563) * tl.exp(-z * z)
-    return g
 
 
 @triton.jit
@@ -189,7 +167,7 @@ def _backward_kernel(
         h_prev, shifted_prev, spike_prev = _load_state(
             state_ptr, offsets - M, mask & has_prev, charge_tile, steps, T - 2 - i, v_threshold, STATE_MODE
         )
-        sg = _surrogate_gradient(shifted, alpha, SURROGATE)
+        sg = surrogate_gradient(shifted, alpha, SURROGATE)
         if SOFT_RESET:
             if DETACH_RESET:
                 dv_dh = 1.0
