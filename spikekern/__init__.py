@@ -1,6 +1,7 @@
 """spikekern: fused Triton and CUDA kernels for spiking neural networks and spiking diffusion models."""
 
-from . import ops
+from . import functional, nn, ops, surrogate
+from .convert import ConversionReport, convert
 
 __version__ = "0.1.0"
-__all__ = ["ops", "__version__"]
+__all__ = ["ConversionReport", "convert", "functional", "nn", "ops", "surrogate", "__version__"]

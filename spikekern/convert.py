@@ -1,0 +1,105 @@
+"""``spikekern.convert(model)``: swap an existing SpikingJelly model's neurons for spikekern's, in place.
+
+Every SpikingJelly ``IFNode``, ``LIFNode`` and ``ParametricLIFNode`` whose configuration the fused
+kernels reproduce exactly is replaced by the spikekern module with the same arguments, the same
+parameters (PLIF's ``w`` is the same ``Parameter`` object, so optimizers keep working) and the same
+state. Everything else is left as it was, and the report says why.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .nn.neuron import IFNode, LIFNode, ParametricLIFNode
+from .ops import BACKENDS
+from .surrogate import surrogate_spec
+
+
+@dataclass
+class ConversionReport:
+    replaced: list = field(default_factory=list)  # (qualified name, old class, new class)
+    left: list = field(default_factory=list)  # (qualified name, class, reason)
+
+    def __str__(self):
+        lines = [f"replaced {len(self.replaced)} module(s), left {len(self.left)}"]
+        lines += [f"  replaced {name or '<model>'}: {old} -> {new}" for name, old, new in self.replaced]
+        lines += [f"  left {name or '<model>'} ({cls}): {reason}" for name, cls, reason in self.left]
+        return "\n".join(lines)
+
+
+def _class_name(module):
+    cls = type(module)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _spikingjelly_kind(module):
+    """'IFNode', 'LIFNode' or 'ParametricLIFNode' for SpikingJelly's own neuron classes, else None."""
+    cls = type(module)
+    if cls.__module__.startswith("spikingjelly.") and cls.__name__ in ("IFNode", "LIFNode", "ParametricLIFNode"):
+        return cls.__name__
+    return None
+
+
+def _why_not_convertible(module):
+    try:
+        surrogate_spec(module.surrogate_function)
+    except TypeError as error:
+        return str(error)
+    if getattr(module, "_neuron_precision", None) is not None:
+        return "a custom neuron precision (set_neuron_precision) is not supported"
+    return None
+
+
+def _spikekern_neuron(module, kind, backend):
+    common = dict(
+        v_threshold=module.v_threshold, v_reset=module.v_reset, surrogate_function=module.surrogate_function,
+        detach_reset=module.detach_reset, step_mode=module.step_mode, store_v_seq=module.store_v_seq,
+        backend=backend,
+    )  # fmt: skip
+    if kind == "IFNode":
+        new = IFNode(**common)
+    elif kind == "LIFNode":
+        new = LIFNode(tau=module.tau, decay_input=module.decay_input, **common)
+    else:
+        new = ParametricLIFNode(decay_input=module.decay_input, **common)
+        new.w = module.w
+    new.v = module.v
+    new.v_seq = getattr(module, "v_seq", None)
+    new.train(module.training)
+    return new
+
+
+def convert(model: torch.nn.Module, backend=None, spike_layers=True) -> ConversionReport:
+    """Replace SpikingJelly neurons in ``model`` (in place) with spikekern's; return what was done.
+
+    backend: the backend of the new neurons (None: the best available per call).
+    spike_layers: also replace convolution and linear layers whose input is spikes with spike-driven
+        layers. Those layers are not part of spikekern yet, so such layers are reported as left.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend must be None or one of {list(BACKENDS)}, got {backend!r}")
+    if not isinstance(spike_layers, bool):
+        raise TypeError(f"spike_layers must be a bool, got {type(spike_layers).__name__}")
+    report = ConversionReport()
+    for parent_name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            name = f"{parent_name}.{child_name}" if parent_name else child_name
+            kind = _spikingjelly_kind(child)
+            if kind is None:
+                continue
+            reason = _why_not_convertible(child)
+            if reason is not None:
+                report.left.append((name, _class_name(child), reason))
+                continue
+            new = _spikekern_neuron(child, kind, backend)
+            setattr(parent, child_name, new)
+            report.replaced.append((name, _class_name(child), _class_name(new)))
+    if _spikingjelly_kind(model) is not None:
+        report.left.append(("", _class_name(model), "the model itself is a neuron: wrap it to convert it"))
+    if spike_layers:
+        report.left.append(
+            ("*", "convolution and linear layers", "spike-driven SpikeConv2d/SpikeLinear are not in spikekern yet")
+        )
+    return report

@@ -1,0 +1,31 @@
+"""Whole-network helpers, as in SpikingJelly's ``functional``: reset state, step mode, backend."""
+
+import torch
+
+from .nn.neuron import STEP_MODES, BaseNode
+
+
+def reset_net(net: torch.nn.Module):
+    """Call ``reset()`` on every stateful module of ``net`` (spikekern's and any other with a ``reset``
+    method, such as SpikingJelly's), so the next call starts from fresh membranes."""
+    for module in net.modules():
+        reset = getattr(module, "reset", None)
+        if callable(reset):
+            reset()
+
+
+def set_step_mode(net: torch.nn.Module, step_mode: str):
+    """Set ``step_mode`` ('s' or 'm') on every module of ``net`` that has one."""
+    if step_mode not in STEP_MODES:
+        raise ValueError(f"step_mode must be 's' or 'm', got {step_mode!r}")
+    for module in net.modules():
+        if hasattr(module, "step_mode"):
+            module.step_mode = step_mode
+
+
+def set_backend(net: torch.nn.Module, backend):
+    """Choose the backend (None for the best available, "cuda", "triton" or "torch") of every spikekern
+    neuron in ``net``."""
+    for module in net.modules():
+        if isinstance(module, BaseNode):
+            module.backend = backend
