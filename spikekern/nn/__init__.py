@@ -1,5 +1,13 @@
-"""Drop-in modules: SpikingJelly-compatible neurons backed by spikekern's fused ops."""
+"""Drop-in modules: SpikingJelly-compatible neurons backed by spikekern's fused ops, and stateless
+layers with ``step_mode``."""
 
 from .neuron import BaseNode, IFNode, LIFNode, ParametricLIFNode
+from .stateless import (
+    AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, GroupNorm, Linear, MaxPool2d,
+    StepModeMixin, Upsample,
+)  # fmt: skip
 
-__all__ = ["BaseNode", "IFNode", "LIFNode", "ParametricLIFNode"]
+__all__ = [
+    "AdaptiveAvgPool2d", "AvgPool2d", "BaseNode", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Flatten",
+    "GroupNorm", "IFNode", "LIFNode", "Linear", "MaxPool2d", "ParametricLIFNode", "StepModeMixin", "Upsample",
+]  # fmt: skip
