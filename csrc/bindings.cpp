@@ -13,14 +13,13 @@ TORCH_LIBRARY(spikekern_cuda, m) {
   // Semantics and argument meanings: docs/neuron_ops.md ("Kernel contract").
   m.def(
       "neuron_forward(Tensor x_seq, Tensor? v_init, Tensor? decay, int neuron_kind, float tau, "
-      "bool decay_input, float v_threshold, float v_reset, bool soft_reset, int state_mode) "
-      "-> (Tensor, Tensor, Tensor)");
+      "bool decay_input, float v_threshold, float v_reset, bool soft_reset, bool store_v_seq, "
+      "int state_mode) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "neuron_backward(Tensor grad_spike, Tensor? grad_v_last, Tensor state, Tensor? v_init, "
-      "Tensor? decay, int neuron_kind, float tau, bool decay_input, float v_threshold, "
-      "float v_reset, bool soft_reset, bool detach_reset, int surrogate, float alpha, "
-      "int state_mode) "
-      "-> (Tensor, Tensor, Tensor)");
+      "neuron_backward(Tensor grad_spike, Tensor? grad_v_last, Tensor? grad_v_seq, Tensor state, "
+      "Tensor? v_init, Tensor? decay, int neuron_kind, float tau, bool decay_input, "
+      "float v_threshold, float v_reset, bool soft_reset, bool detach_reset, int surrogate, "
+      "float alpha, int state_mode) -> (Tensor, Tensor, Tensor)");
 }
 
 #define SPIKEKERN_STRINGIFY_(name) #name

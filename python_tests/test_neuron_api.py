@@ -1,11 +1,18 @@
 """The neuron ops as a user meets them: bad input, custom-op registration, torch.compile, saved memory."""
 
+import inspect
+import pathlib
+import re
+
 import pytest
 import torch
 from conftest import DEVICE, assert_bit_equal, assert_close_verbose, fast_backends
 
 from spikekern.ops import available_backends, if_multistep, lif_multistep, plif_multistep
-from spikekern.ops.neuron import NEURON_LIF, NEURON_PLIF, RECOMPUTE_MAX_STEPS, STATE_BF16, STATE_FLOAT, STATE_INPUT
+from spikekern.ops.neuron import (
+    NEURON_LIF, NEURON_PLIF, RECOMPUTE_MAX_STEPS, STATE_BF16, STATE_FLOAT, STATE_INPUT, reference_backward,
+    reference_forward,
+)  # fmt: skip
 
 
 def x_seq_of(shape=(3, 2, 5), dtype=torch.float32):
@@ -36,6 +43,7 @@ def x_seq_of(shape=(3, 2, 5), dtype=torch.float32):
         (lambda: lif_multistep(x_seq_of(), decay_input=1), TypeError, "decay_input"),
         (lambda: lif_multistep(x_seq_of(), detach_reset=None), TypeError, "detach_reset"),
         (lambda: if_multistep(x_seq_of(), compact_state="yes"), TypeError, "compact_state"),
+        (lambda: lif_multistep(x_seq_of(), store_v_seq=1), TypeError, "store_v_seq"),
         (lambda: plif_multistep(x_seq_of(), None), TypeError, "w"),
         (lambda: plif_multistep(x_seq_of(), torch.zeros(2, device=DEVICE)), ValueError, "w"),
         (lambda: plif_multistep(x_seq_of(), torch.zeros(1, dtype=torch.int64, device=DEVICE)), TypeError, "w"),
@@ -77,28 +85,71 @@ def opcheck_samples():
     w = torch.tensor([0.3], device=DEVICE)
     backends = [""] + fast_backends()
     for backend in backends:
-        for kind, state_mode, with_v_init in (
-            (NEURON_LIF, STATE_FLOAT, True), (NEURON_PLIF, STATE_BF16, False), (NEURON_PLIF, STATE_INPUT, True)
+        for kind, state_mode, with_v_init, store_v_seq in (
+            (NEURON_LIF, STATE_FLOAT, True, False), (NEURON_LIF, STATE_FLOAT, False, True),
+            (NEURON_PLIF, STATE_BF16, False, True), (NEURON_PLIF, STATE_INPUT, True, False),
+            (NEURON_PLIF, STATE_INPUT, True, True),
         ):  # fmt: skip
             yield (
                 x_seq.clone().requires_grad_(), v_init.clone().requires_grad_() if with_v_init else None,
-                w.clone().requires_grad_(), kind, 2.0, True, 1.0, 0.0, False, False, 0, 4.0, state_mode, backend,
+                w.clone().requires_grad_(), kind, 2.0, True, 1.0, 0.0, False, False, 0, 4.0, store_v_seq, state_mode,
+                backend,
             )  # fmt: skip
 
 
-@pytest.mark.parametrize("sample", list(opcheck_samples()), ids=lambda s: f"kind{s[3]}-state{s[12]}-{s[13] or 'auto'}")
+def opcheck_id(sample):
+    kind, with_v_init, store_v_seq, state_mode, backend = sample[3], sample[1] is not None, *sample[12:]
+    return f"kind{kind}-state{state_mode}-v_init{int(with_v_init)}-v_seq{int(store_v_seq)}-{backend or 'auto'}"
+
+
+@pytest.mark.parametrize("sample", list(opcheck_samples()), ids=opcheck_id)
 def test_opcheck_forward_and_backward(sample):
     torch.library.opcheck(torch.ops.spikekern.neuron_forward.default, sample)
-    x_seq, v_init, w, *params, backend = sample
+    x_seq, v_init, w, *params, store_v_seq, state_mode, backend = sample
     with torch.no_grad():
-        spikes, v_last, state = torch.ops.spikekern.neuron_forward(*sample)
-    saved = x_seq.detach() if params[-1] == STATE_INPUT else state
+        spikes, v_last, state, v_seq = torch.ops.spikekern.neuron_forward(*sample)
+    assert v_seq.shape == (x_seq.shape if store_v_seq else (0,))
+    saved = x_seq.detach() if state_mode == STATE_INPUT else state
     backward_args = (
-        torch.randn_like(spikes), torch.randn_like(v_last), saved, None if v_init is None else v_init.detach(),
-        w.detach(), params[0], params[1], params[2], params[3], params[4], params[5], params[6], params[7],
-        params[8], params[9], backend,
+        torch.randn_like(spikes), torch.randn_like(v_last), torch.randn_like(v_seq) if store_v_seq else None, saved,
+        None if v_init is None else v_init.detach(), w.detach(), *params, state_mode, backend,
     )  # fmt: skip
     torch.library.opcheck(torch.ops.spikekern.neuron_backward.default, backward_args)
+
+
+def cuda_schemas():
+    """The spikekern_cuda schemas as csrc/bindings.cpp defines them (no need to build the extension)."""
+    source = (pathlib.Path(__file__).parents[1] / "csrc" / "bindings.cpp").read_text()
+    schemas = {}
+    for definition in re.findall(r"m\.def\((.*?)\);", source, flags=re.S):
+        schema = torch._C.parse_schema("".join(re.findall(r'"([^"]*)"', definition)))
+        schemas[schema.name] = schema
+    return schemas
+
+
+REFERENCE_BACKENDS = {"neuron_forward": reference_forward, "neuron_backward": reference_backward}
+
+
+def reference_call(op_name):
+    """A small call of ``op_name``'s reference backend with every argument given; returns its outputs."""
+    x_seq = torch.randn(2, 3)
+    forward_args = (x_seq, None, None, NEURON_LIF, 2.0, True, 1.0, 0.0, False, True, STATE_INPUT)
+    if op_name == "neuron_forward":
+        return reference_forward(*forward_args)
+    v_seq = reference_forward(*forward_args)[3]
+    return reference_backward(x_seq, None, v_seq, x_seq, None, None, *forward_args[3:9], False, 0, 4.0, STATE_INPUT)
+
+
+@pytest.mark.parametrize("op_name", sorted(REFERENCE_BACKENDS))
+def test_backends_take_the_cuda_schema_arguments(op_name):
+    """The op hands every backend the same positional arguments: the C++ schema, the reference and the
+    Triton host function must list them in one order, and return as many tensors."""
+    triton_neuron = pytest.importorskip("spikekern.ops.triton.neuron")
+    schema = cuda_schemas()[op_name]
+    names = [argument.name for argument in schema.arguments]
+    for function in (REFERENCE_BACKENDS[op_name], getattr(triton_neuron, op_name)):
+        assert list(inspect.signature(function).parameters) == names, function.__module__
+    assert len(reference_call(op_name)) == len(schema.returns)
 
 
 class TinySpikingNet(torch.nn.Module):
@@ -109,8 +160,8 @@ class TinySpikingNet(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.tensor(0.1))
 
     def forward(self, x_seq):
-        spikes, _ = lif_multistep(self.fc1(x_seq), tau=2.0, surrogate="atan")
-        spikes, v_last = plif_multistep(self.fc2(spikes), self.w, v_reset=None)
+        spikes, _, v_seq = lif_multistep(self.fc1(x_seq), tau=2.0, surrogate="atan", store_v_seq=True)
+        spikes, v_last = plif_multistep(self.fc2(spikes + v_seq), self.w, v_reset=None)
         return spikes.mean(0) + v_last
 
 
@@ -160,10 +211,10 @@ def test_saved_memory_per_element(dtype, steps):
 def test_no_state_is_written_without_grad():
     x_seq = x_seq_of()
     with torch.no_grad():
-        _, _, state = torch.ops.spikekern.neuron_forward(
-            x_seq, None, None, NEURON_LIF, 2.0, True, 1.0, 0.0, False, False, 0, 4.0, 0, ""
+        _, _, state, v_seq = torch.ops.spikekern.neuron_forward(
+            x_seq, None, None, NEURON_LIF, 2.0, True, 1.0, 0.0, False, False, 0, 4.0, False, 0, ""
         )
-    assert state.numel() == 0
+    assert state.numel() == 0 and v_seq.numel() == 0
 
 
 @pytest.mark.gpu

@@ -1,6 +1,6 @@
 """Every fast backend against the PyTorch reference, over options, surrogates, shapes, dtypes, layouts.
 
-Spikes and ``v_last`` must be bit-identical to the reference (all backends do the same float32
+Spikes, ``v_last`` and ``v_seq`` must be bit-identical to the reference (all backends do the same float32
 operations in the same order); gradients must agree to the tolerances below. On a machine without a
 GPU the Triton kernels run under TRITON_INTERPRET=1 (no bfloat16 there); on a GPU the CUDA and
 Triton kernels run against the reference on the same device.
@@ -23,23 +23,31 @@ pytestmark = pytest.mark.skipif(not BACKENDS, reason="no Triton or CUDA backend 
 GRAD_TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.float16: (1e-2, 1e-3), torch.bfloat16: (2e-2, 1e-2)}
 
 
+OUTPUT_NAMES = ("spikes", "v_last", "v_seq")
+
+
 def run_neuron(kind, backend, x_seq, v_init, w, grad_seed=1, **options):
-    """Forward, then backward with fixed random output gradients; returns outputs and all grads."""
+    """Forward, then backward with fixed random gradients for every output.
+
+    Returns the outputs (spikes, v_last and, with store_v_seq, v_seq) and the gradients of all inputs.
+    """
     x_seq = x_seq.detach().clone().requires_grad_()
     v_init = None if v_init is None else v_init.detach().clone().requires_grad_()
     w = None if w is None else w.detach().clone().requires_grad_()
     if kind == "if":
-        spikes, v_last = if_multistep(x_seq, v_init, backend=backend, **options)
+        outputs = if_multistep(x_seq, v_init, backend=backend, **options)
     elif kind == "lif":
-        spikes, v_last = lif_multistep(x_seq, v_init, backend=backend, **options)
+        outputs = lif_multistep(x_seq, v_init, backend=backend, **options)
     else:
-        spikes, v_last = plif_multistep(x_seq, w, v_init, backend=backend, **options)
+        outputs = plif_multistep(x_seq, w, v_init, backend=backend, **options)
     generator = torch.Generator().manual_seed(grad_seed)
-    grad_spikes = torch.randn(spikes.shape, generator=generator).to(spikes)
-    grad_v = torch.randn(v_last.shape, generator=generator).to(v_last)
-    ((spikes.float() * grad_spikes.float()).sum() + (v_last.float() * grad_v.float()).sum()).backward()
+    loss = 0.0
+    for output in outputs:
+        grad_output = torch.randn(output.shape, generator=generator).to(output)
+        loss = loss + (output.float() * grad_output.float()).sum()
+    loss.backward()
     grads = {"x_seq": x_seq.grad, "v_init": None if v_init is None else v_init.grad, "w": None if w is None else w.grad}
-    return spikes, v_last, grads
+    return outputs, grads
 
 
 def make_inputs(shape, dtype, with_v_init, seed=0):
@@ -52,17 +60,18 @@ def make_inputs(shape, dtype, with_v_init, seed=0):
 
 
 def check_against_reference(kind, backend, x_seq, v_init, w, **options):
-    expected = run_neuron(kind, "torch", x_seq, v_init, w, **options)
-    actual = run_neuron(kind, backend, x_seq, v_init, w, **options)
-    assert_bit_equal(actual[0], expected[0], "spikes")
-    assert_bit_equal(actual[1], expected[1], "v_last")
+    expected_outputs, expected_grads = run_neuron(kind, "torch", x_seq, v_init, w, **options)
+    actual_outputs, actual_grads = run_neuron(kind, backend, x_seq, v_init, w, **options)
+    assert len(actual_outputs) == len(expected_outputs) == (3 if options.get("store_v_seq") else 2)
+    for name, actual, expected in zip(OUTPUT_NAMES, actual_outputs, expected_outputs):
+        assert_bit_equal(actual, expected, name)
     rtol, atol = GRAD_TOLERANCE[x_seq.dtype]
-    for name, grad in expected[2].items():
+    for name, grad in expected_grads.items():
         if grad is None:
             continue
         scale = max(grad.abs().max().item(), 1.0) if grad.numel() else 1.0
-        assert_close_verbose(actual[2][name], grad, rtol, atol * scale, f"grad {name}")
-    return expected
+        assert_close_verbose(actual_grads[name], grad, rtol, atol * scale, f"grad {name}")
+    return expected_outputs, expected_grads
 
 
 def option_grid():
@@ -85,8 +94,31 @@ def test_options_match_reference(backend, kind, decay_input, soft_reset, detach_
         options.update(tau=3.0, decay_input=decay_input)
     elif kind == "plif":
         options.update(decay_input=decay_input)
-    spikes, _, _ = check_against_reference(kind, backend, x_seq, v_init, w, **options)
+    (spikes, _), _ = check_against_reference(kind, backend, x_seq, v_init, w, **options)
     assert 0 < spikes.mean() < 1, "the grid must exercise both firing and silence"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "kind,decay_input", [("if", True), ("lif", True), ("lif", False), ("plif", True), ("plif", False)]
+)
+@pytest.mark.parametrize("soft_reset", [False, True])
+@pytest.mark.parametrize("detach_reset", [False, True])
+@pytest.mark.parametrize("compact_state", [False, True])
+@pytest.mark.parametrize("steps", [4, RECOMPUTE_MAX_STEPS + 2], ids=["recompute", "saved-charge"])
+def test_v_seq_matches_reference(backend, kind, decay_input, soft_reset, detach_reset, compact_state, steps):
+    """store_v_seq: v_seq bit-identical to the reference, and its gradient (in the loss) reaches the inputs."""
+    x_seq, v_init, w = make_inputs((steps, 3, 37), torch.float32, with_v_init=True)
+    options = dict(
+        v_reset=None if soft_reset else -0.25, detach_reset=detach_reset, compact_state=compact_state,
+        store_v_seq=True,
+    )  # fmt: skip
+    if kind == "lif":
+        options.update(tau=3.0, decay_input=decay_input)
+    elif kind == "plif":
+        options.update(decay_input=decay_input)
+    (_, v_last, v_seq), _ = check_against_reference(kind, backend, x_seq, v_init, w, **options)
+    assert_bit_equal(v_seq[-1], v_last, "v_seq[-1] vs v_last")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -104,10 +136,13 @@ SHAPES = [(1, 5), (1, 2, 3), (7, 1), (4, 3, 1025), (2, 2, 3, 5, 7), (3, 0, 4), (
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["if", "lif", "plif"])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_shapes_match_reference(backend, kind, shape):
+@pytest.mark.parametrize("store_v_seq", [False, True])
+def test_shapes_match_reference(backend, kind, shape, store_v_seq):
     x_seq, v_init, w = make_inputs(shape, torch.float32, with_v_init=True)
-    spikes, v_last, grads = check_against_reference(kind, backend, x_seq, v_init, w)
-    assert spikes.shape == shape and v_last.shape == shape[1:]
+    outputs, _ = check_against_reference(kind, backend, x_seq, v_init, w, store_v_seq=store_v_seq)
+    assert outputs[0].shape == shape and outputs[1].shape == shape[1:]
+    if store_v_seq:
+        assert outputs[2].shape == shape
 
 
 def test_empty_time_returns_initial_state():
@@ -129,7 +164,8 @@ def dtypes_for_device():
 @pytest.mark.parametrize("compact_state", [False, True])
 def test_half_precision_matches_reference(backend, kind, dtype, compact_state):
     x_seq, v_init, w = make_inputs((4, 3, 33), dtype, with_v_init=True)
-    check_against_reference(kind, backend, x_seq, v_init, w, compact_state=compact_state)
+    for store_v_seq in (False, True):
+        check_against_reference(kind, backend, x_seq, v_init, w, compact_state=compact_state, store_v_seq=store_v_seq)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -138,9 +174,12 @@ def test_non_contiguous_input(backend, kind):
     x_seq, v_init, w = make_inputs((4, 9, 6), torch.float32, with_v_init=True)
     x_strided, v_strided = x_seq.transpose(1, 2), v_init.t()
     assert not x_strided.is_contiguous()
-    expected = check_against_reference(kind, backend, x_strided, v_strided, w)
-    contiguous = run_neuron(kind, "torch", x_strided.contiguous(), v_strided.contiguous(), w)
-    assert_bit_equal(expected[0], contiguous[0], "spikes of strided vs contiguous input")
+    expected_outputs, _ = check_against_reference(kind, backend, x_strided, v_strided, w, store_v_seq=True)
+    contiguous_outputs, _ = run_neuron(
+        kind, "torch", x_strided.contiguous(), v_strided.contiguous(), w, store_v_seq=True
+    )
+    for name, expected, contiguous in zip(OUTPUT_NAMES, expected_outputs, contiguous_outputs):
+        assert_bit_equal(expected, contiguous, f"{name} of strided vs contiguous input")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -148,12 +187,12 @@ def test_non_contiguous_input(backend, kind):
 def test_non_finite_input_policy(backend, soft_reset):
     """NaN never fires and poisons the membrane; +inf fires; every backend agrees (docs/neuron_ops.md)."""
     x_seq = torch.tensor([[0.2, float("nan"), float("inf"), -float("inf")], [0.9, 0.5, 0.5, 0.5]], device=DEVICE)
-    options = dict(tau=2.0, v_reset=None if soft_reset else 0.0)
+    options = dict(tau=2.0, v_reset=None if soft_reset else 0.0, store_v_seq=True)
     expected = lif_multistep(x_seq, backend="torch", **options)
     actual = lif_multistep(x_seq, backend=backend, **options)
-    assert_bit_equal(actual[0], expected[0], "spikes")
-    assert_bit_equal(actual[1], expected[1], "v_last")
-    spikes, v_last = expected
+    for name, actual_output, expected_output in zip(OUTPUT_NAMES, actual, expected):
+        assert_bit_equal(actual_output, expected_output, name)
+    spikes, v_last, _ = expected
     assert spikes[:, 1].tolist() == [0.0, 0.0] and v_last[1].isnan()
     assert spikes[0, 2] == 1.0 and v_last[2].isnan()  # hard: 0 * inf; soft: the next charge's inf - inf
     _, v_if = if_multistep(x_seq[:1], backend=backend, v_reset=None if soft_reset else 0.0)

@@ -27,11 +27,14 @@ class HeavisideWithSurrogate(torch.autograd.Function):
         return grad * surrogate_gradient(x, *ctx.surrogate), None, None
 
 
-def eager_loop(kind, x_seq, v_init, w, tau, decay_input, v_threshold, v_reset, detach_reset, surrogate, alpha):
+def eager_loop(
+    kind, x_seq, v_init, w, tau, decay_input, v_threshold, v_reset, detach_reset, surrogate, alpha, store_v_seq
+):
     """A plain autograd loop written from the formulas in docs/neuron_ops.md."""
     reset_value = 0.0 if v_reset is None else v_reset
     v = v_init if v_init is not None else torch.full_like(x_seq[0], reset_value)
     spikes = []
+    v_seq = []
     for x in x_seq:
         if kind == "if":
             h = v + x
@@ -43,7 +46,8 @@ def eager_loop(kind, x_seq, v_init, w, tau, decay_input, v_threshold, v_reset, d
         reset_spike = spike.detach() if detach_reset else spike
         v = h - reset_spike * v_threshold if v_reset is None else reset_spike * v_reset + (1 - reset_spike) * h
         spikes.append(spike)
-    return torch.stack(spikes), v
+        v_seq.append(v)
+    return (torch.stack(spikes), v, torch.stack(v_seq)) if store_v_seq else (torch.stack(spikes), v)
 
 
 def spikekern_call(kind, x_seq, v_init, w, tau, decay_input, **options):
@@ -66,25 +70,36 @@ def spikekern_call(kind, x_seq, v_init, w, tau, decay_input, **options):
     ]
     + [("lif", True, 0.0, False, name) for name in sorted(SURROGATES)],
 )
-def test_reference_gradients_equal_autograd_loop(kind, decay_input, v_reset, detach_reset, surrogate):
+@pytest.mark.parametrize("store_v_seq", [False, True])
+def test_reference_gradients_equal_autograd_loop(kind, decay_input, v_reset, detach_reset, surrogate, store_v_seq):
     generator = torch.Generator().manual_seed(3)
     x_seq = torch.randn(6, 4, 9, generator=generator, dtype=torch.float64) * 1.5 + 0.5
     v_init = torch.randn(4, 9, generator=generator, dtype=torch.float64) * 0.5
     w = torch.tensor(0.2, dtype=torch.float64)
-    options = dict(v_threshold=0.8, v_reset=v_reset, detach_reset=detach_reset, surrogate=surrogate, alpha=None)
+    options = dict(
+        v_threshold=0.8, v_reset=v_reset, detach_reset=detach_reset, surrogate=surrogate, alpha=None,
+        store_v_seq=store_v_seq,
+    )  # fmt: skip
     results = []
     for implementation in (spikekern_call, eager_loop):
         inputs = [t.clone().requires_grad_() for t in (x_seq, v_init, w)]
         if implementation is eager_loop:
             options["alpha"] = SURROGATES[surrogate].default_alpha
-        spikes, v_last = implementation(kind, *inputs, tau=2.5, decay_input=decay_input, **options)
-        grad_spikes = torch.randn(spikes.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-        ((spikes * grad_spikes).sum() + v_last.square().sum()).backward()
-        results.append((spikes, v_last, [t.grad for t in inputs]))
-    (spikes, v_last, grads), (spikes_eager, v_eager, grads_eager) = results
+        spikes, v_last, *v_seq = implementation(kind, *inputs, tau=2.5, decay_input=decay_input, **options)
+        grad_generator = torch.Generator().manual_seed(4)
+        grad_spikes = torch.randn(spikes.shape, generator=grad_generator, dtype=torch.float64)
+        loss = (spikes * grad_spikes).sum() + v_last.square().sum()
+        if store_v_seq:
+            loss = loss + (v_seq[0] * torch.randn(v_seq[0].shape, generator=grad_generator, dtype=torch.float64)).sum()
+        loss.backward()
+        results.append((spikes, v_last, v_seq, [t.grad for t in inputs]))
+    (spikes, v_last, v_seq, grads), (spikes_eager, v_eager, v_seq_eager, grads_eager) = results
     assert 0 < spikes.mean() < 1
     assert_bit_equal(spikes, spikes_eager.detach(), "spikes")
     assert_close_verbose(v_last.detach(), v_eager.detach(), 1e-12, 1e-12, "v_last")
+    if store_v_seq:
+        assert_close_verbose(v_seq[0].detach(), v_seq_eager[0].detach(), 1e-12, 1e-12, "v_seq")
+        assert_bit_equal(v_seq[0][-1], v_last, "v_seq[-1] vs v_last")
     for name, grad, grad_eager in zip(("x_seq", "v_init", "w"), grads, grads_eager):
         if kind != "plif" and name == "w":
             assert grad is None
@@ -104,7 +119,9 @@ def inputs_clear_of_threshold(kind, threshold, margin, count, seed):
     w = torch.tensor(0.4, dtype=torch.float64)
     neuron_kind = {"if": NEURON_IF, "lif": NEURON_LIF, "plif": NEURON_PLIF}[kind]
     decay = torch.sigmoid(w).reshape(1)
-    _, _, charge = reference_forward(x_seq, v_init, decay, neuron_kind, 2.5, True, threshold, 0.0, False, STATE_FLOAT)
+    _, _, charge, _ = reference_forward(
+        x_seq, v_init, decay, neuron_kind, 2.5, True, threshold, 0.0, False, False, STATE_FLOAT
+    )
     clear = ((charge - threshold).abs() > margin).all(dim=0)
     index = clear.nonzero().squeeze(1)[:count]
     assert index.numel() == count and (charge[:, index] >= threshold).any(), "the sample must fire"
@@ -113,17 +130,17 @@ def inputs_clear_of_threshold(kind, threshold, margin, count, seed):
 
 @pytest.mark.parametrize("kind", ["if", "lif", "plif"])
 @pytest.mark.parametrize("detach_reset", [False, True])
-def test_gradcheck_float64(kind, detach_reset):
+@pytest.mark.parametrize("store_v_seq", [False, True])
+def test_gradcheck_float64(kind, detach_reset, store_v_seq):
     alpha = 10.0
     x_seq, v_init, w = inputs_clear_of_threshold(kind, 1.0, 2 / alpha, 12, seed=5)
     inputs = tuple(t.clone().requires_grad_() for t in (x_seq, v_init, w))
 
     def function(x_seq, v_init, w):
-        spikes, v_last = spikekern_call(
+        return spikekern_call(
             kind, x_seq, v_init, w, tau=2.5, decay_input=True, detach_reset=detach_reset,
-            surrogate="piecewise_quadratic", alpha=alpha,
+            surrogate="piecewise_quadratic", alpha=alpha, store_v_seq=store_v_seq,
         )  # fmt: skip
-        return spikes, v_last
 
     if kind != "plif":
         inputs = inputs[:2]
@@ -162,19 +179,27 @@ def test_float16_computes_in_float32():
 @pytest.mark.parametrize("decay_input", [True, False])
 @pytest.mark.parametrize("v_reset", [0.0, None, -0.2])
 @pytest.mark.parametrize("detach_reset", [False, True])
-def test_matches_spikingjelly_lif(decay_input, v_reset, detach_reset):
-    """Bit-identical spikes and membrane, matching gradients, against SpikingJelly itself (when installed)."""
+@pytest.mark.parametrize("store_v_seq", [False, True])
+def test_matches_spikingjelly_lif(decay_input, v_reset, detach_reset, store_v_seq):
+    """Bit-identical spikes and membrane (and v_seq), matching gradients, against SpikingJelly itself
+    (when installed)."""
     neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
     generator = torch.Generator().manual_seed(7)
     x_seq = torch.randn(8, 3, 50, generator=generator) * 1.5 + 0.5
-    node = neuron.LIFNode(tau=3.0, decay_input=decay_input, v_reset=v_reset, detach_reset=detach_reset, step_mode="m")
+    options = dict(decay_input=decay_input, v_reset=v_reset, detach_reset=detach_reset, store_v_seq=store_v_seq)
+    node = neuron.LIFNode(tau=3.0, step_mode="m", **options)
     x_sj = x_seq.clone().requires_grad_()
     spikes_sj = node(x_sj)
     x_ours = x_seq.clone().requires_grad_()
-    spikes, v_last = lif_multistep(x_ours, tau=3.0, decay_input=decay_input, v_reset=v_reset, detach_reset=detach_reset)
+    spikes, v_last, *v_seq = lif_multistep(x_ours, tau=3.0, **options)
     assert_bit_equal(spikes, spikes_sj.detach(), "spikes")
     assert_bit_equal(v_last, node.v.detach(), "v_last")
     grad = torch.randn(x_seq.shape, generator=generator)
-    (spikes_sj * grad).sum().backward()
-    (spikes * grad).sum().backward()
+    loss_sj, loss = (spikes_sj * grad).sum(), (spikes * grad).sum()
+    if store_v_seq:
+        assert_bit_equal(v_seq[0], node.v_seq.detach(), "v_seq")
+        grad_v_seq = torch.randn(x_seq.shape, generator=generator)
+        loss_sj, loss = loss_sj + (node.v_seq * grad_v_seq).sum(), loss + (v_seq[0] * grad_v_seq).sum()
+    loss_sj.backward()
+    loss.backward()
     assert_close_verbose(x_ours.grad, x_sj.grad, 1e-5, 1e-6, "grad x_seq")

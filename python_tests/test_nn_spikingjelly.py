@@ -183,3 +183,85 @@ def test_set_step_mode_and_backend():
     assert all(m.step_mode == "m" and m.backend == "torch" for m in net)
     with pytest.raises(ValueError):
         skfunctional.set_step_mode(net, "t")
+
+
+class SpikingBasicBlock(torch.nn.Module):
+    """Spiking ResNet's block (conv-bn-LIF-conv-bn, add the input, LIF) or SEW's (spikes added: ADD)."""
+
+    def __init__(self, channels, sew):
+        super().__init__()
+        self.sew = sew
+        self.conv1 = sj_layer.Conv2d(channels, channels, 3, padding=1, bias=False, step_mode="m")
+        self.bn1 = sj_layer.BatchNorm2d(channels, step_mode="m")
+        self.sn1 = sj_neuron.LIFNode(step_mode="m", detach_reset=True)
+        self.conv2 = sj_layer.Conv2d(channels, channels, 3, padding=1, bias=False, step_mode="m")
+        self.bn2 = sj_layer.BatchNorm2d(channels, step_mode="m")
+        self.sn2 = sj_neuron.IFNode(step_mode="m", surrogate_function=sj_surrogate.ATan())
+
+    def forward(self, x_seq):
+        out = self.bn2(self.conv2(self.sn1(self.bn1(self.conv1(x_seq)))))
+        return self.sn2(out) + x_seq if self.sew else self.sn2(out + x_seq)
+
+
+class SpikformerStyleAttention(torch.nn.Module):
+    """Spiking self-attention: q, k, v as spikes, q k^T v without softmax, scaled, then a neuron."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.q, self.k, self.v = (sj_layer.Linear(dim, dim, step_mode="m") for _ in range(3))
+        self.q_lif, self.k_lif, self.v_lif = (sj_neuron.LIFNode(tau=2.0, step_mode="m") for _ in range(3))
+        self.attn_lif = sj_neuron.LIFNode(tau=2.0, v_threshold=0.5, step_mode="m")
+        self.proj = sj_layer.Linear(dim, dim, step_mode="m")
+        self.proj_lif = sj_neuron.ParametricLIFNode(step_mode="m")
+
+    def forward(self, x_seq):  # [T, B, tokens, dim]
+        q, k, v = self.q_lif(self.q(x_seq)), self.k_lif(self.k(x_seq)), self.v_lif(self.v(x_seq))
+        attention = self.attn_lif(q @ k.transpose(-2, -1) @ v * 0.125)
+        return self.proj_lif(self.proj(attention)) + x_seq
+
+
+@pytest.mark.parametrize(
+    "make,shape",
+    [
+        (lambda: SpikingBasicBlock(4, sew=False), (4, 2, 4, 6, 6)),
+        (lambda: SpikingBasicBlock(4, sew=True), (4, 2, 4, 6, 6)),
+        (lambda: SpikformerStyleAttention(16), (4, 2, 5, 16)),
+    ],
+    ids=["spiking-resnet-block", "sew-resnet-block", "spikformer-attention"],
+)
+def test_convert_model_zoo_style_blocks(make, shape):
+    torch.manual_seed(0)
+    original = make()
+    converted = copy.deepcopy(original)
+    report = spikekern.convert(converted, spike_layers=False)
+    assert report.left == [] and len(report.replaced) >= 2
+    assert not any(type(m).__module__.startswith("spikingjelly.activation_based.neuron") for m in converted.modules())
+    x_seq = torch.rand(shape, generator=torch.Generator().manual_seed(3)) * 3
+    outputs = []
+    for model in (original, converted):
+        x = x_seq.clone().requires_grad_()
+        out = model(x)
+        out.square().sum().backward()
+        outputs.append((out, x.grad, [p.grad for p in model.parameters()]))
+    (out, grad, param_grads), (out_expected, grad_expected, param_grads_expected) = outputs[1], outputs[0]
+    assert_bit_equal(out, out_expected, "block output")
+    assert_close_verbose(grad, grad_expected, 1e-5, 1e-5, "input gradient")
+    for index, (g, g_expected) in enumerate(zip(param_grads, param_grads_expected)):
+        assert_close_verbose(g, g_expected, 1e-4, 1e-5 * max(g_expected.abs().max().item(), 1.0), f"parameter {index}")
+
+
+@pytest.mark.parametrize("kind", ["if", "lif", "plif"])
+@pytest.mark.parametrize("step_mode", ["s", "m"])
+def test_store_v_seq_matches_spikingjelly(kind, step_mode):
+    theirs, ours = module_pair(kind, True, 0.0, False, "sigmoid", step_mode, store_v_seq=True)
+    x_seq = torch.randn(5, 2, 9, generator=torch.Generator().manual_seed(4)) * 1.5 + 0.5
+    results = []
+    for node in (theirs, ours):
+        x = x_seq.clone().requires_grad_()
+        node(x) if step_mode == "m" else [node(x_t) for x_t in x]
+        node.v_seq.square().sum().backward()
+        results.append((node.v_seq.detach(), x.grad))
+    assert_bit_equal(results[1][0], results[0][0], "v_seq")
+    assert_close_verbose(results[1][1], results[0][1], 1e-5, 1e-5, "gradient through v_seq")
+    skfunctional.reset_net(ours)
+    assert ours.v_seq is None

@@ -16,9 +16,11 @@ pytest.importorskip("triton")
 
 import spikekern  # noqa: E402
 
-FORWARD = dict(NEURON_KIND=1, DECAY_INPUT=True, SOFT_RESET=False, HAS_V_INIT=True, STATE_MODE=0, BLOCK=1024)
+FORWARD = dict(NEURON_KIND=1, DECAY_INPUT=True, SOFT_RESET=False, HAS_V_INIT=True, STORE_V_SEQ=False, STATE_MODE=0,
+               BLOCK=1024)  # fmt: skip
 BACKWARD = dict(NEURON_KIND=1, DECAY_INPUT=True, SOFT_RESET=False, DETACH_RESET=False, SURROGATE=0,
-                HAS_GRAD_V_LAST=True, HAS_V_INIT=True, STATE_MODE=3, T_PAD=4, BLOCK=1024)  # fmt: skip
+                HAS_GRAD_V_LAST=True, HAS_GRAD_V_SEQ=False, HAS_V_INIT=True, STATE_MODE=3, T_PAD=4,
+                BLOCK=1024)  # fmt: skip
 
 
 def case(kernel, variant, dtype="float32", arch=90):
@@ -29,15 +31,20 @@ def case(kernel, variant, dtype="float32", arch=90):
 CASES = (
     [case("_forward_kernel", v) for v in [{}, {"NEURON_KIND": 0}, {"NEURON_KIND": 2}, {"DECAY_INPUT": False},
                                           {"SOFT_RESET": True}, {"HAS_V_INIT": False}, {"STATE_MODE": 1},
-                                          {"STATE_MODE": 2}]]
+                                          {"STATE_MODE": 2}, {"STORE_V_SEQ": True},
+                                          {"STORE_V_SEQ": True, "STATE_MODE": 1}]]
     + [case("_forward_kernel", {}, dtype, arch) for dtype in ("float16", "bfloat16") for arch in (80, 90)]
+    + [case("_forward_kernel", {"STORE_V_SEQ": True}, "bfloat16", 80)]
     + [case("_backward_kernel", v) for v in [{}, {"NEURON_KIND": 0}, {"NEURON_KIND": 2},
                                            {"NEURON_KIND": 2, "DECAY_INPUT": False}, {"SOFT_RESET": True},
                                            {"DETACH_RESET": True}, {"HAS_GRAD_V_LAST": False},
-                                           {"HAS_V_INIT": False}, {"T_PAD": 16, "BLOCK": 256},
+                                           {"HAS_V_INIT": False}, {"HAS_GRAD_V_SEQ": True},
+                                           {"HAS_GRAD_V_SEQ": True, "HAS_GRAD_V_LAST": False},
+                                           {"T_PAD": 16, "BLOCK": 256},
                                            {"STATE_MODE": 1, "T_PAD": 1}]]
     + [case("_backward_kernel", {"SURROGATE": s}) for s in range(1, 8)]
     + [case("_backward_kernel", {}, "bfloat16", 80), case("_backward_kernel", {}, "float16"),
+       case("_backward_kernel", {"HAS_GRAD_V_SEQ": True}, "bfloat16", 80),
        case("_backward_kernel", {"STATE_MODE": 2, "T_PAD": 1, "NEURON_KIND": 2}, "bfloat16")]
 )  # fmt: skip
 

@@ -6,8 +6,10 @@
 // are coalesced rows of [T, M].
 //
 // Compile-time switches: element type, neuron kind and decay_input, reset kind, detach_reset
-// (backward), state mode, group width. The surrogate is a warp-uniform runtime switch: templating
-// it would multiply the backward instantiations by 7, for no gain in a memory-bound kernel.
+// (backward), state mode, group width. Grid-uniform runtime switches, which never diverge and
+// would only multiply the instantiations as templates: the surrogate (see common/surrogate.cuh),
+// and the optional v_seq output and grad_v_seq input (nullptr when absent; else one extra store or
+// load per step).
 #pragma once
 
 #include <cstdint>
@@ -17,12 +19,15 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "common/dispatch.h"
+#include "common/elementwise.cuh"
+#include "common/reduce.cuh"
+#include "common/surrogate.cuh"
 #include "neuron/neuron_ops.h"
 
 namespace spikekern {
 
 constexpr int kBlockSize = 128;
-constexpr int kPackBytes = 16;
 // Caps registers at 64 per thread: at least 1024 resident threads per SM, enough loads in flight
 // to saturate HBM. (Without a minimum, ptxas spills a few bytes in some instantiations.)
 constexpr int kMinBlocksPerMultiprocessor = 8;
@@ -48,57 +53,6 @@ template <typename scalar_t, StateMode kMode>
 using StateElement = std::conditional_t<
     kMode == StateMode::kBFloat16Margin, __nv_bfloat16,
     std::conditional_t<kMode == StateMode::kRecompute, scalar_t, float>>;
-
-// -------------------------------------------------------------------------------------------------
-// Loads and stores: values live in float32 registers whatever the storage type.
-
-__device__ __forceinline__ float to_float(float value) { return value; }
-__device__ __forceinline__ float to_float(__half value) { return __half2float(value); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 value) { return __bfloat162float(value); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float value);
-template <>
-__device__ __forceinline__ float from_float<float>(float value) { return value; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float value) { return __float2half_rn(value); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float value) {
-  return __float2bfloat16_rn(value);
-}
-
-// N consecutive elements moved as one aligned access (up to 128-bit; two for 8 float32 elements).
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T elements[N];
-};
-
-template <int N, typename T>
-__device__ __forceinline__ void load_pack(const T* source, float (&values)[N]) {
-  const Pack<T, N> pack = *reinterpret_cast<const Pack<T, N>*>(source);
-#pragma unroll
-  for (int i = 0; i < N; ++i) values[i] = to_float(pack.elements[i]);
-}
-
-template <int N, typename T>
-__device__ __forceinline__ void store_pack(T* destination, const float (&values)[N]) {
-  Pack<T, N> pack;
-#pragma unroll
-  for (int i = 0; i < N; ++i) pack.elements[i] = from_float<T>(values[i]);
-  *reinterpret_cast<Pack<T, N>*>(destination) = pack;
-}
-
-template <int N>
-__device__ __forceinline__ void fill(float (&values)[N], float value) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) values[i] = value;
-}
-
-template <int N>
-__device__ __forceinline__ void copy(float (&destination)[N], const float (&source)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) destination[i] = source[i];
-}
 
 // -------------------------------------------------------------------------------------------------
 // Neuron dynamics.
@@ -223,72 +177,6 @@ __device__ __forceinline__ SavedStep decode_saved_step(float saved, float v_thre
   }
 }
 
-// g(x) with x = H - v_threshold; the id is uniform across the grid, so the switch does not diverge.
-__device__ __forceinline__ float surrogate_grad(Surrogate surrogate, float alpha, float x) {
-  constexpr float kHalfPi = 1.57079632679489661923f;
-  constexpr float kInvSqrtPi = 0.56418958354775628695f;
-  switch (surrogate) {
-    case Surrogate::kSigmoid: {
-      const float s = 1.0f / (1.0f + expf(-alpha * x));
-      return (1.0f - s) * s * alpha;
-    }
-    case Surrogate::kATan: {
-      const float z = x * (kHalfPi * alpha);
-      return (alpha * 0.5f) / (1.0f + z * z);
-    }
-    case Surrogate::kPiecewiseQuadratic: {
-      const float g = alpha - alpha * alpha * fabsf(x);
-      return g < 0.0f ? 0.0f : g;  // not fmaxf: a NaN must propagate, as in the reference
-    }
-    case Surrogate::kPiecewiseExp:
-      return (alpha * 0.5f) * expf(-alpha * fabsf(x));
-    case Surrogate::kSoftSign: {
-      const float z = 1.0f / alpha + fabsf(x);
-      return 1.0f / (2.0f * alpha * z * z);
-    }
-    case Surrogate::kSuperSpike: {
-      const float z = 1.0f + fabsf(x);
-      return alpha / (z * z);
-    }
-    default: {  // Surrogate::kErf (the op validates the id)
-      const float z = alpha * x;
-      return (alpha * kInvSqrtPi) * expf(-z * z);
-    }
-  }
-}
-
-// Deterministic: a fixed shuffle tree per warp, then warp 0 sums the warp totals. The result is
-// valid in thread 0 only.
-__device__ __forceinline__ float block_sum(float value) {
-  constexpr int kWarpSize = 32;
-  constexpr int kWarps = kBlockSize / kWarpSize;
-  __shared__ float warp_totals[kWarps];
-  const int lane = threadIdx.x % kWarpSize;
-  const int warp = threadIdx.x / kWarpSize;
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    value += __shfl_down_sync(0xffffffffu, value, offset);
-  }
-  if (lane == 0) warp_totals[warp] = value;
-  __syncthreads();
-  if (warp == 0) {
-    value = lane < kWarps ? warp_totals[lane] : 0.0f;
-#pragma unroll
-    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-      value += __shfl_down_sync(0xffffffffu, value, offset);
-    }
-  }
-  return value;
-}
-
-__device__ __forceinline__ int64_t first_group() {
-  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
-
-__device__ __forceinline__ int64_t group_stride() {
-  return static_cast<int64_t>(gridDim.x) * blockDim.x;
-}
-
 // -------------------------------------------------------------------------------------------------
 // Kernels. A group is kVec consecutive neurons m .. m + kVec - 1, whose elements of step t start
 // at t * M + m. Each thread loads the next step's input before computing the current one, so that
@@ -311,14 +199,15 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerMultiprocessor)
     neuron_forward_kernel(const NeuronConfig config, const scalar_t* __restrict__ x_seq,
                           const scalar_t* __restrict__ v_init, scalar_t* __restrict__ spike_seq,
                           scalar_t* __restrict__ v_last,
-                          StateElement<scalar_t, kStateMode>* __restrict__ state) {
+                          StateElement<scalar_t, kStateMode>* __restrict__ state,
+                          scalar_t* __restrict__ v_seq) {
   static_assert(kStateMode != StateMode::kRecompute, "recompute mode saves nothing: use kNone");
   const Neuron<kKind, kDecayInput, kSoftReset> neuron(config);
   const int64_t num_steps = config.num_steps;
   const int64_t num_neurons = config.num_neurons;
   const int64_t num_groups = num_neurons / kVec;
 
-  for (int64_t group = first_group(); group < num_groups; group += group_stride()) {
+  for (int64_t group = first_item(); group < num_groups; group += item_stride()) {
     const int64_t m = group * kVec;
     float v[kVec];
     load_initial_membrane(v_init, m, config.v_reset, v);
@@ -340,6 +229,7 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerMultiprocessor)
       store_pack(spike_seq + offset, spike);
       if constexpr (kStateMode == StateMode::kFloat32Charge) store_pack(state + offset, h);
       if constexpr (kStateMode == StateMode::kBFloat16Margin) store_pack(state + offset, margin);
+      if (v_seq != nullptr) store_pack(v_seq + offset, v);
     }
     store_pack(v_last + m, v);
   }
@@ -351,6 +241,7 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerMultiprocessor)
     neuron_backward_kernel(const NeuronConfig config, const Surrogate surrogate, const float alpha,
                            const scalar_t* __restrict__ grad_spike,
                            const scalar_t* __restrict__ grad_v_last,
+                           const scalar_t* __restrict__ grad_v_seq,
                            const StateElement<scalar_t, kStateMode>* __restrict__ state,
                            const scalar_t* __restrict__ v_init, scalar_t* __restrict__ grad_x,
                            scalar_t* __restrict__ grad_v_init, float* __restrict__ plif_partials) {
@@ -379,7 +270,7 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerMultiprocessor)
   const int64_t num_groups = num_neurons / kVec;
   float plif_sum = 0.0f;  // this thread's share of P
 
-  for (int64_t group = first_group(); group < num_groups; group += group_stride()) {
+  for (int64_t group = first_item(); group < num_groups; group += item_stride()) {
     const int64_t m = group * kVec;
     float grad_v[kVec];  // dL/dV[t], walking t downwards
     if (grad_v_last != nullptr) {
@@ -417,6 +308,13 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerMultiprocessor)
       if (t > 0) load_saved(t - 1, m, saved_previous);
       float grad_s[kVec];
       load_pack(grad_spike + offset, grad_s);
+      // V[t] is an output too: its gradient joins the one flowing back from step t + 1.
+      if (grad_v_seq != nullptr) {
+        float grad_v_out[kVec];
+        load_pack(grad_v_seq + offset, grad_v_out);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) grad_v[i] += grad_v_out[i];
+      }
 
       float grad_in[kVec];
 #pragma unroll
@@ -446,25 +344,13 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerMultiprocessor)
 
   if constexpr (kPLIF) {
     // Every thread reaches this point (the loop above has no early exit), as block_sum requires.
-    const float block_total = block_sum(plif_sum);
+    const float block_total = block_sum<kBlockSize>(plif_sum);
     if (threadIdx.x == 0) plif_partials[blockIdx.x] = block_total;
   }
 }
 
 // -------------------------------------------------------------------------------------------------
 // Host-side dispatch from runtime flags to kernel instantiations.
-
-template <auto kValue>
-using Constant = std::integral_constant<decltype(kValue), kValue>;
-
-template <typename Body>
-void dispatch_bool(bool flag, Body&& body) {
-  if (flag) {
-    body(std::true_type{});
-  } else {
-    body(std::false_type{});
-  }
-}
 
 // Calls body(kind, decay_input, soft_reset) as constants. IF has no decay, so only
 // decay_input=false is instantiated for it: 5 (kind, decay_input) pairs times 2 resets.
@@ -539,7 +425,8 @@ void launch_neuron_forward_typed(const NeuronForwardArgs& args, const LaunchPlan
                 config, static_cast<const scalar_t*>(args.x_seq),
                 static_cast<const scalar_t*>(args.v_init), static_cast<scalar_t*>(args.spike_seq),
                 static_cast<scalar_t*>(args.v_last),
-                static_cast<StateElement<scalar_t, kStateMode>*>(args.state));
+                static_cast<StateElement<scalar_t, kStateMode>*>(args.state),
+                static_cast<scalar_t*>(args.v_seq));
       });
     });
   });
@@ -567,6 +454,7 @@ void launch_neuron_backward_typed(const NeuronBackwardArgs& args, const LaunchPl
                   config, args.surrogate, args.alpha,
                   static_cast<const scalar_t*>(args.grad_spike),
                   static_cast<const scalar_t*>(args.grad_v_last),
+                  static_cast<const scalar_t*>(args.grad_v_seq),
                   static_cast<const StateElement<scalar_t, kStateMode>*>(args.state),
                   static_cast<const scalar_t*>(args.v_init), static_cast<scalar_t*>(args.grad_x),
                   static_cast<scalar_t*>(args.grad_v_init), args.plif_partials);

@@ -56,7 +56,8 @@ LaunchPlan plan_neuron_forward(const NeuronForwardArgs& args, int multiprocessor
                     {args.v_init, x_bytes},
                     {args.spike_seq, x_bytes},
                     {args.v_last, x_bytes},
-                    {args.state, state_element_bytes(config)}},
+                    {args.state, state_element_bytes(config)},
+                    {args.v_seq, x_bytes}},
                    multiprocessor_count);
 }
 
@@ -66,6 +67,7 @@ LaunchPlan plan_neuron_backward(const NeuronBackwardArgs& args, int multiprocess
   return make_plan(config, config.state_mode == StateMode::kRecompute,
                    {{args.grad_spike, x_bytes},
                     {args.grad_v_last, x_bytes},
+                    {args.grad_v_seq, x_bytes},
                     {args.state, state_element_bytes(config)},
                     {args.v_init, x_bytes},
                     {args.grad_x, x_bytes},

@@ -19,7 +19,8 @@
 namespace spikekern {
 namespace {
 
-using TensorTriple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using ForwardOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using BackwardOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 ElementType check_element_type(const at::Tensor& tensor, const char* name) {
   const at::ScalarType dtype = tensor.scalar_type();
@@ -102,10 +103,11 @@ int multiprocessor_count(const at::Tensor& on_device) {
   return count;
 }
 
-TensorTriple neuron_forward_cuda(const at::Tensor& x_seq, const std::optional<at::Tensor>& v_init,
-                                 const std::optional<at::Tensor>& decay, int64_t neuron_kind,
-                                 double tau, bool decay_input, double v_threshold, double v_reset,
-                                 bool soft_reset, int64_t state_mode) {
+ForwardOutputs neuron_forward_cuda(const at::Tensor& x_seq, const std::optional<at::Tensor>& v_init,
+                                   const std::optional<at::Tensor>& decay, int64_t neuron_kind,
+                                   double tau, bool decay_input, double v_threshold,
+                                   double v_reset, bool soft_reset, bool store_v_seq,
+                                   int64_t state_mode) {
   check_sequence(x_seq, "x_seq");
   const ElementType element_type = check_element_type(x_seq, "x_seq");
   const int64_t num_steps = x_seq.size(0);
@@ -122,6 +124,8 @@ TensorTriple neuron_forward_cuda(const at::Tensor& x_seq, const std::optional<at
       saves_charge(mode)
           ? at::empty({num_steps, num_neurons}, x_seq.options().dtype(charge_dtype(mode)))
           : at::empty({0}, x_seq.options().dtype(at::kFloat));
+  at::Tensor v_seq = store_v_seq ? at::empty({num_steps, num_neurons}, x_seq.options())
+                                 : at::empty({0}, x_seq.options());
   if (num_steps == 0 || num_neurons == 0) {
     // No step taken: the last membrane is the initial one.
     if (v_init.has_value()) {
@@ -129,7 +133,7 @@ TensorTriple neuron_forward_cuda(const at::Tensor& x_seq, const std::optional<at
     } else {
       v_last.fill_(v_reset);
     }
-    return {spike_seq, v_last, state};
+    return {spike_seq, v_last, state, v_seq};
   }
 
   NeuronForwardArgs args{};
@@ -149,25 +153,29 @@ TensorTriple neuron_forward_cuda(const at::Tensor& x_seq, const std::optional<at
   args.spike_seq = spike_seq.mutable_data_ptr();
   args.v_last = v_last.mutable_data_ptr();
   args.state = saves_charge(mode) ? state.mutable_data_ptr() : nullptr;
+  args.v_seq = store_v_seq ? v_seq.mutable_data_ptr() : nullptr;
 
   const LaunchPlan plan = plan_neuron_forward(args, multiprocessor_count(x_seq));
   launch_neuron_forward(args, plan, c10::cuda::getCurrentCUDAStream(x_seq.get_device()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {spike_seq, v_last, state};
+  return {spike_seq, v_last, state, v_seq};
 }
 
-TensorTriple neuron_backward_cuda(const at::Tensor& grad_spike,
-                                  const std::optional<at::Tensor>& grad_v_last,
-                                  const at::Tensor& state, const std::optional<at::Tensor>& v_init,
-                                  const std::optional<at::Tensor>& decay, int64_t neuron_kind,
-                                  double tau, bool decay_input, double v_threshold, double v_reset,
-                                  bool soft_reset, bool detach_reset, int64_t surrogate,
-                                  double alpha, int64_t state_mode) {
+BackwardOutputs neuron_backward_cuda(const at::Tensor& grad_spike,
+                                     const std::optional<at::Tensor>& grad_v_last,
+                                     const std::optional<at::Tensor>& grad_v_seq,
+                                     const at::Tensor& state,
+                                     const std::optional<at::Tensor>& v_init,
+                                     const std::optional<at::Tensor>& decay, int64_t neuron_kind,
+                                     double tau, bool decay_input, double v_threshold,
+                                     double v_reset, bool soft_reset, bool detach_reset,
+                                     int64_t surrogate, double alpha, int64_t state_mode) {
   check_sequence(grad_spike, "grad_spike");
   const ElementType element_type = check_element_type(grad_spike, "grad_spike");
   const int64_t num_steps = grad_spike.size(0);
   const int64_t num_neurons = grad_spike.size(1);
   check_optional_tensor(grad_v_last, "grad_v_last", grad_spike, {num_neurons});
+  check_optional_tensor(grad_v_seq, "grad_v_seq", grad_spike, {num_steps, num_neurons});
   check_optional_tensor(v_init, "v_init", grad_spike, {num_neurons});
   const NeuronKind kind = check_neuron_kind(neuron_kind);
   const float* decay_data = check_decay(decay, kind, grad_spike);
@@ -214,6 +222,7 @@ TensorTriple neuron_backward_cuda(const at::Tensor& grad_spike,
   args.alpha = static_cast<float>(alpha);
   args.grad_spike = grad_spike.const_data_ptr();
   args.grad_v_last = data_or_null(grad_v_last);
+  args.grad_v_seq = data_or_null(grad_v_seq);
   args.state = state.const_data_ptr();
   args.v_init = data_or_null(v_init);
   args.grad_x = grad_x.mutable_data_ptr();

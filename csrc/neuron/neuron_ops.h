@@ -7,6 +7,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include "common/surrogate.h"
+
 namespace spikekern {
 
 enum class NeuronKind : int { kIF = 0, kLIF = 1, kPLIF = 2 };
@@ -22,18 +24,6 @@ enum class StateMode : int {
 constexpr int64_t kMaxRecomputeSteps = 16;
 
 enum class ElementType : int { kFloat32, kFloat16, kBFloat16 };
-
-// SpikingJelly's surrogate ids; formulas in docs/neuron_ops.md.
-enum class Surrogate : int {
-  kSigmoid = 0,
-  kATan = 1,
-  kPiecewiseQuadratic = 2,
-  kPiecewiseExp = 3,
-  kSoftSign = 4,
-  kSuperSpike = 5,
-  kErf = 6,
-};
-constexpr int kNumSurrogates = 7;
 
 // Everything that defines the neuron dynamics, shared by forward and backward.
 struct NeuronConfig {
@@ -58,6 +48,7 @@ struct NeuronForwardArgs {
   void* spike_seq;     // [T, M]
   void* v_last;        // [M]
   void* state;         // [T, M] float32 or bfloat16; nullptr for kNone and kRecompute
+  void* v_seq;         // [T, M]: V[t] after the reset of every step; nullptr when not requested
 };
 
 struct NeuronBackwardArgs {
@@ -67,6 +58,7 @@ struct NeuronBackwardArgs {
   float alpha;
   const void* grad_spike;   // [T, M]
   const void* grad_v_last;  // [M] or nullptr (zeros)
+  const void* grad_v_seq;   // [T, M] or nullptr (v_seq not stored: zeros)
   const void* state;        // [T, M]: float32 H, bfloat16 H - v_threshold, or x_seq (kRecompute)
   const void* v_init;       // [M] or nullptr (v_reset)
   void* grad_x;             // [T, M]

@@ -106,8 +106,7 @@ class BaseNode(torch.nn.Module):
         surrogate, alpha = surrogate_spec(self.surrogate_function)
         return dict(
             v_threshold=self.v_threshold, v_reset=self.v_reset, detach_reset=self.detach_reset,
-            surrogate=surrogate, alpha=alpha, backend=self.backend,
-            **({"store_v_seq": True} if self.store_v_seq else {}),
+            surrogate=surrogate, alpha=alpha, store_v_seq=self.store_v_seq, backend=self.backend,
         )  # fmt: skip
 
     def _run(self, x_seq):

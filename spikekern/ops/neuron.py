@@ -36,6 +36,10 @@ def _state_shape(x_shape, state_mode):
     return x_shape if state_mode in (STATE_FLOAT, STATE_BF16) else (0,)
 
 
+def _v_seq_shape(x_shape, store_v_seq):
+    return x_shape if store_v_seq else (0,)
+
+
 # ----------------------------------------------------------------------------------------------
 # Reference (the specification). Each step mirrors SpikingJelly 2.0's operations one by one.
 # ----------------------------------------------------------------------------------------------
@@ -80,7 +84,9 @@ def _unpack_state(state, state_mode, v_threshold, compute_dtype):
     return h, shifted, spike.to(compute_dtype)
 
 
-def reference_forward(x_seq, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, state_mode):
+def reference_forward(
+    x_seq, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, store_v_seq, state_mode
+):
     compute_dtype = _compute_dtype(x_seq.dtype)
     x = x_seq.to(compute_dtype)
     v = _initial_v(v_init, x.shape[1:], compute_dtype, x.device, v_reset)
@@ -88,27 +94,30 @@ def reference_forward(x_seq, v_init, decay, neuron_kind, tau, decay_input, v_thr
     decay = None if decay is None else decay.to(compute_dtype)
     spikes = torch.empty_like(x_seq)
     state = torch.empty(_state_shape(x.shape, state_mode), dtype=_state_dtype(x_seq.dtype, state_mode), device=x.device)
+    v_seq = x_seq.new_empty(_v_seq_shape(x.shape, store_v_seq))
     for t in range(x.shape[0]):
         h = _charge(x[t], v, neuron_kind, tau, decay, decay_input, v_reset)
         spike = (h - v_threshold >= 0).to(compute_dtype)
         v = _reset(h, spike, v_threshold, v_reset, soft_reset)
         spikes[t] = spike
+        if store_v_seq:
+            v_seq[t] = v
         if state_mode == STATE_FLOAT:
             state[t] = h
         elif state_mode == STATE_BF16:
             state[t] = (h - v_threshold) + 0.0  # -0 (fired) becomes +0: the sign bit is the spike
-    return spikes, v.to(x_seq.dtype), state
+    return spikes, v.to(x_seq.dtype), state, v_seq
 
 
 def reference_backward(
-    grad_spike, grad_v_last, state, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset,
+    grad_spike, grad_v_last, grad_v_seq, state, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset,
     soft_reset, detach_reset, surrogate, alpha, state_mode,
 ):  # fmt: skip
     x_dtype = grad_spike.dtype
     compute_dtype = _compute_dtype(x_dtype)
     if state_mode == STATE_INPUT:
-        _, _, state = reference_forward(
-            state, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, STATE_FLOAT
+        _, _, state, _ = reference_forward(
+            state, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, False, STATE_FLOAT
         )
         state_mode = STATE_FLOAT
     h_seq, shifted_seq, spike_seq = _unpack_state(state, state_mode, v_threshold, compute_dtype)
@@ -126,6 +135,8 @@ def reference_backward(
         v_first = _initial_v(v_init, shape, compute_dtype, state.device, v_reset)
     for t in range(state.shape[0] - 1, -1, -1):
         h, spike, sg = h_seq[t], spike_seq[t], surrogate_seq[t]
+        if grad_v_seq is not None:
+            grad_v = grad_v + grad_v_seq[t].to(compute_dtype)
         if soft_reset:
             dv_dh = 1.0 if detach_reset else 1.0 - v_threshold * sg
         else:
@@ -190,46 +201,51 @@ def _as_row(t):
 def neuron_forward(
     x_seq: Tensor, v_init: Optional[Tensor], w: Optional[Tensor], neuron_kind: int, tau: float,
     decay_input: bool, v_threshold: float, v_reset: float, soft_reset: bool, detach_reset: bool,
-    surrogate: int, alpha: float, state_mode: int, backend: str,
-) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """Spikes ``[T, N, *]``, last membrane ``[N, *]`` and the charge state for backward (state_mode 1
-    and 2; empty for 0, no backward, and 3, where backward recomputes it from ``x_seq``).
+    surrogate: int, alpha: float, store_v_seq: bool, state_mode: int, backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """Spikes ``[T, N, *]``, last membrane ``[N, *]``, the charge state for backward (state_mode 1
+    and 2; empty for 0, no backward, and 3, where backward recomputes it from ``x_seq``) and the
+    post-reset membrane of every step ``[T, N, *]`` (empty unless ``store_v_seq``).
 
     ``detach_reset``, ``surrogate`` and ``alpha`` only matter for backward; they are arguments here so
     that autograd sees them.
     """
     decay = _decay_factor(w, x_seq.dtype) if neuron_kind == NEURON_PLIF else None
     steps = x_seq.shape[0]
+    args = (decay, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, store_v_seq, state_mode)
     if x_seq.numel() == 0:
-        spikes, v_last, state = reference_forward(
-            x_seq, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, state_mode
-        )
-        return spikes, v_last, state
-    spikes, v_last, state = _run_forward(
-        select_backend(backend, x_seq), _as_rows(x_seq, steps), _as_row(v_init), decay, neuron_kind, tau,
-        decay_input, v_threshold, v_reset, soft_reset, state_mode,
-    )  # fmt: skip
-    return spikes.view(x_seq.shape), v_last.view(x_seq.shape[1:]), state.view(_state_shape(x_seq.shape, state_mode))
+        return reference_forward(x_seq, v_init, *args)
+    spikes, v_last, state, v_seq = _run_forward(
+        select_backend(backend, x_seq), _as_rows(x_seq, steps), _as_row(v_init), *args
+    )
+    return (
+        spikes.view(x_seq.shape),
+        v_last.view(x_seq.shape[1:]),
+        state.view(_state_shape(x_seq.shape, state_mode)),
+        v_seq.view(_v_seq_shape(x_seq.shape, store_v_seq)),
+    )
 
 
 @neuron_forward.register_fake
-def _(x_seq, v_init, w, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha, state_mode, backend):
+def _(x_seq, v_init, w, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha, store_v_seq, state_mode, backend):
     return (
         x_seq.new_empty(x_seq.shape),
         x_seq.new_empty(x_seq.shape[1:]),
         x_seq.new_empty(_state_shape(x_seq.shape, state_mode), dtype=_state_dtype(x_seq.dtype, state_mode)),
+        x_seq.new_empty(_v_seq_shape(x_seq.shape, store_v_seq)),
     )
 
 
 @torch.library.custom_op("spikekern::neuron_backward", mutates_args=())
 def neuron_backward(
-    grad_spike: Tensor, grad_v_last: Optional[Tensor], state: Tensor, v_init: Optional[Tensor],
-    w: Optional[Tensor], neuron_kind: int, tau: float, decay_input: bool, v_threshold: float,
-    v_reset: float, soft_reset: bool, detach_reset: bool, surrogate: int, alpha: float,
-    state_mode: int, backend: str,
+    grad_spike: Tensor, grad_v_last: Optional[Tensor], grad_v_seq: Optional[Tensor], state: Tensor,
+    v_init: Optional[Tensor], w: Optional[Tensor], neuron_kind: int, tau: float, decay_input: bool,
+    v_threshold: float, v_reset: float, soft_reset: bool, detach_reset: bool, surrogate: int,
+    alpha: float, state_mode: int, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """Gradients for ``x_seq``, ``v_init`` and PLIF's ``w`` (empty unless PLIF).
 
+    ``grad_v_seq`` is the gradient w.r.t. the forward's ``v_seq`` (None when it was not stored).
     ``state`` is the forward's state output, or ``x_seq`` itself for state_mode 3.
     """
     if state_mode == STATE_NONE:
@@ -238,11 +254,14 @@ def neuron_backward(
     steps = grad_spike.shape[0]
     args = (neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha, state_mode)
     if grad_spike.numel() == 0:
-        grad_x, grad_v_init, plif_partials = reference_backward(grad_spike, grad_v_last, state, v_init, decay, *args)
+        grad_x, grad_v_init, plif_partials = reference_backward(
+            grad_spike, grad_v_last, grad_v_seq, state, v_init, decay, *args
+        )
     else:
         grad_x, grad_v_init, plif_partials = _run_backward(
             select_backend(backend, grad_spike), _as_rows(grad_spike, steps), _as_row(grad_v_last),
-            _as_rows(state, steps), _as_row(v_init), decay, *args,
+            None if grad_v_seq is None else _as_rows(grad_v_seq, steps), _as_rows(state, steps), _as_row(v_init),
+            decay, *args,
         )  # fmt: skip
     grad_x = grad_x.view(grad_spike.shape)
     grad_v_init = grad_v_init.view(grad_spike.shape[1:])
@@ -254,33 +273,37 @@ def neuron_backward(
 
 
 @neuron_backward.register_fake
-def _(grad_spike, grad_v_last, state, v_init, w, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha, state_mode, backend):
+def _(grad_spike, grad_v_last, grad_v_seq, state, v_init, w, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha, state_mode, backend):
     grad_w = w.new_empty(w.shape) if neuron_kind == NEURON_PLIF else grad_spike.new_empty(0)
     return grad_spike.new_empty(grad_spike.shape), grad_spike.new_empty(grad_spike.shape[1:]), grad_w
 
 
 def _setup_context(ctx, inputs, output):
-    x_seq, v_init, w, *params, backend = inputs
-    ctx.mark_non_differentiable(output[2])
-    state_mode = params[-1]
-    ctx.save_for_backward(x_seq if state_mode == STATE_INPUT else output[2], v_init, w)
-    ctx.params = params
+    x_seq, v_init, w, *params, store_v_seq, state_mode, backend = inputs
+    _, _, state, v_seq = output
+    ctx.mark_non_differentiable(state)
+    if not store_v_seq:
+        ctx.mark_non_differentiable(v_seq)
+    ctx.save_for_backward(x_seq if state_mode == STATE_INPUT else state, v_init, w)
+    ctx.backward_scalars = (*params, state_mode)  # neuron_backward's arguments from neuron_kind on
+    ctx.store_v_seq = store_v_seq
     ctx.backend = backend
     ctx.has_v_init = v_init is not None
 
 
-def _backward(ctx, grad_spike, grad_v_last, _grad_state):
+def _backward(ctx, grad_spike, grad_v_last, _grad_state, grad_v_seq):
     state, v_init, w = ctx.saved_tensors
-    neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha, state_mode = ctx.params
+    neuron_kind = ctx.backward_scalars[0]
+    # Without store_v_seq, grad_v_seq is a materialised placeholder: not worth a read per element.
     grad_x, grad_v_init, grad_w = torch.ops.spikekern.neuron_backward(
-        grad_spike, grad_v_last, state, v_init, w, neuron_kind, tau, decay_input, v_threshold, v_reset,
-        soft_reset, detach_reset, surrogate, alpha, state_mode, ctx.backend,
+        grad_spike, grad_v_last, grad_v_seq if ctx.store_v_seq else None, state, v_init, w, *ctx.backward_scalars,
+        ctx.backend,
     )  # fmt: skip
     return (
         grad_x,
         grad_v_init if ctx.has_v_init else None,
         grad_w if neuron_kind == NEURON_PLIF else None,
-    ) + (None,) * 11
+    ) + (None,) * 12
 
 
 neuron_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -334,13 +357,14 @@ def _check_tensors(x_seq, v_init, w):
 
 def _neuron_multistep(
     x_seq, v_init, w, neuron_kind, tau, decay_input, v_threshold, v_reset, detach_reset, surrogate, alpha,
-    compact_state, backend,
+    store_v_seq, compact_state, backend,
 ):  # fmt: skip
     _check_tensors(x_seq, v_init, w)
     _check_finite_float("v_threshold", v_threshold)
     _check_finite_float("v_reset", v_reset, allow_none=True)
     _check_bool("decay_input", decay_input)
     _check_bool("detach_reset", detach_reset)
+    _check_bool("store_v_seq", store_v_seq)
     _check_bool("compact_state", compact_state)
     check_backend_name(backend)
     surrogate_id, alpha = resolve_surrogate(surrogate, alpha)
@@ -353,12 +377,12 @@ def _neuron_multistep(
         state_mode = STATE_BF16
     else:
         state_mode = STATE_INPUT if x_seq.shape[0] <= RECOMPUTE_MAX_STEPS else STATE_FLOAT
-    spikes, v_last, _ = torch.ops.spikekern.neuron_forward(
+    spikes, v_last, _, v_seq = torch.ops.spikekern.neuron_forward(
         x_seq, v_init, w, neuron_kind, float(tau), decay_input, float(v_threshold),
         0.0 if v_reset is None else float(v_reset), v_reset is None, detach_reset, surrogate_id, alpha,
-        state_mode, backend or "",
+        store_v_seq, state_mode, backend or "",
     )  # fmt: skip
-    return spikes, v_last
+    return (spikes, v_last, v_seq) if store_v_seq else (spikes, v_last)
 
 
 _COMMON_ARGS = """
@@ -369,47 +393,50 @@ _COMMON_ARGS = """
     v_reset: hard-reset potential, or None for a soft reset (subtract ``v_threshold``).
     detach_reset: cut the spike's gradient in the reset term.
     surrogate: one of ``spikekern.ops.SURROGATES`` (sigmoid, atan, piecewise_quadratic,
-        piecewise_exp, soft_sign, super_spike, erf); alpha: its sharpness (None: its default).
+        piecewise_exp, soft_sign, super_spike, erf, fast_sigmoid); alpha: its sharpness (None: its default).
+    store_v_seq: also return the membrane after the reset of every step (SpikingJelly's ``v_seq``),
+        differentiable; costs one extra write per element and step.
     compact_state: save the state for backward in 16 bits (2 bytes per element) instead of 32.
     backend: None for the best available, or "cuda", "triton", "torch"; an unusable choice raises.
 
-Returns ``(spike_seq [T, N, *] in x_seq's dtype, v_last [N, *])``. Semantics, saved memory and the
+Returns ``(spike_seq [T, N, *] in x_seq's dtype, v_last [N, *])``, and with ``store_v_seq`` a third
+element ``v_seq [T, N, *]`` (``v_seq[-1]`` equals ``v_last``). Semantics, saved memory and the
 NaN/Inf policy: docs/neuron_ops.md.
 """
 
 
 def if_multistep(
     x_seq, v_init=None, v_threshold=1.0, v_reset=0.0, detach_reset=False, surrogate="sigmoid", alpha=None,
-    compact_state=False, backend=None,
+    store_v_seq=False, compact_state=False, backend=None,
 ):  # fmt: skip
     return _neuron_multistep(
         x_seq, v_init, None, NEURON_IF, 0.0, False, v_threshold, v_reset, detach_reset, surrogate, alpha,
-        compact_state, backend,
+        store_v_seq, compact_state, backend,
     )  # fmt: skip
 
 
 def lif_multistep(
     x_seq, v_init=None, tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0, detach_reset=False,
-    surrogate="sigmoid", alpha=None, compact_state=False, backend=None,
+    surrogate="sigmoid", alpha=None, store_v_seq=False, compact_state=False, backend=None,
 ):  # fmt: skip
     _check_finite_float("tau", tau)
     if tau <= 1:
         raise ValueError(f"tau must be > 1 (the membrane decays by 1/tau per step), got {tau}")
     return _neuron_multistep(
         x_seq, v_init, None, NEURON_LIF, tau, decay_input, v_threshold, v_reset, detach_reset, surrogate,
-        alpha, compact_state, backend,
+        alpha, store_v_seq, compact_state, backend,
     )  # fmt: skip
 
 
 def plif_multistep(
     x_seq, w, v_init=None, decay_input=True, v_threshold=1.0, v_reset=0.0, detach_reset=False,
-    surrogate="sigmoid", alpha=None, compact_state=False, backend=None,
+    surrogate="sigmoid", alpha=None, store_v_seq=False, compact_state=False, backend=None,
 ):  # fmt: skip
     if w is None:
         raise TypeError("w must be a one-element tensor (tau = 1 / sigmoid(w)), got None")
     return _neuron_multistep(
         x_seq, v_init, w, NEURON_PLIF, 0.0, decay_input, v_threshold, v_reset, detach_reset, surrogate,
-        alpha, compact_state, backend,
+        alpha, store_v_seq, compact_state, backend,
     )  # fmt: skip
 
 

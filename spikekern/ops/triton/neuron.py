@@ -94,10 +94,10 @@ def _load_state(state_ptr, offsets, mask, charge_tile, steps, t, v_threshold, ST
 
 @triton.jit
 def _forward_kernel(
-    x_ptr, v_init_ptr, decay_ptr, spike_ptr, v_last_ptr, state_ptr,
+    x_ptr, v_init_ptr, decay_ptr, spike_ptr, v_last_ptr, state_ptr, v_seq_ptr,
     T, M, tau, v_threshold, v_reset,
     NEURON_KIND: tl.constexpr, DECAY_INPUT: tl.constexpr, SOFT_RESET: tl.constexpr,
-    HAS_V_INIT: tl.constexpr, STATE_MODE: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_V_INIT: tl.constexpr, STORE_V_SEQ: tl.constexpr, STATE_MODE: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     neurons = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = neurons < M
@@ -112,6 +112,8 @@ def _forward_kernel(
         spike = (h - v_threshold >= 0).to(tl.float32)
         v = _reset(h, spike, v_threshold, v_reset, SOFT_RESET)
         tl.store(spike_ptr + offsets, spike.to(spike_ptr.dtype.element_ty), mask=mask)
+        if STORE_V_SEQ:
+            tl.store(v_seq_ptr + offsets, v.to(v_seq_ptr.dtype.element_ty), mask=mask)
         if STATE_MODE == 1:
             tl.store(state_ptr + offsets, h, mask=mask)
         elif STATE_MODE == 2:
@@ -123,12 +125,13 @@ def _forward_kernel(
 
 @triton.jit
 def _backward_kernel(
-    grad_spike_ptr, grad_v_last_ptr, state_ptr, v_init_ptr, decay_ptr,
+    grad_spike_ptr, grad_v_last_ptr, grad_v_seq_ptr, state_ptr, v_init_ptr, decay_ptr,
     grad_x_ptr, grad_v_init_ptr, plif_partials_ptr,
     T, M, tau, v_threshold, v_reset, alpha,
     NEURON_KIND: tl.constexpr, DECAY_INPUT: tl.constexpr, SOFT_RESET: tl.constexpr,
     DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr, HAS_GRAD_V_LAST: tl.constexpr,
-    HAS_V_INIT: tl.constexpr, STATE_MODE: tl.constexpr, T_PAD: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_GRAD_V_SEQ: tl.constexpr, HAS_V_INIT: tl.constexpr, STATE_MODE: tl.constexpr, T_PAD: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):  # fmt: skip
     neurons = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = neurons < M
@@ -178,6 +181,8 @@ def _backward_kernel(
                 dv_dh = 1.0 - spike
             else:
                 dv_dh = (1.0 - spike) + (v_reset - h) * sg
+        if HAS_GRAD_V_SEQ:
+            grad_v += tl.load(grad_v_seq_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         grad_spike = tl.load(grad_spike_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         grad_h = grad_spike * sg + grad_v * dv_dh
         if NEURON_KIND == 0 or not DECAY_INPUT:
@@ -204,26 +209,29 @@ def _state_view(state, state_mode):
     return state.view(torch.int16) if state_mode == STATE_BF16 else state
 
 
-def neuron_forward(x_seq, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, state_mode):
+def neuron_forward(
+    x_seq, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, store_v_seq, state_mode
+):
     steps, neurons = x_seq.shape
     spikes = torch.empty_like(x_seq)
     v_last = torch.empty(neurons, dtype=x_seq.dtype, device=x_seq.device)
     state_dtype = torch.bfloat16 if state_mode == STATE_BF16 else torch.float32
     writes_state = state_mode in (STATE_FLOAT, STATE_BF16)
     state = torch.empty((steps, neurons) if writes_state else (0,), dtype=state_dtype, device=x_seq.device)
+    v_seq = torch.empty((steps, neurons) if store_v_seq else (0,), dtype=x_seq.dtype, device=x_seq.device)
     grid = (triton.cdiv(neurons, BLOCK),)
     _forward_kernel[grid](
-        x_seq, v_init, decay, spikes, v_last, _state_view(state, state_mode),
+        x_seq, v_init, decay, spikes, v_last, _state_view(state, state_mode), v_seq,
         steps, neurons, tau, v_threshold, v_reset,
         NEURON_KIND=neuron_kind, DECAY_INPUT=decay_input, SOFT_RESET=soft_reset,
-        HAS_V_INIT=v_init is not None, STATE_MODE=state_mode, BLOCK=BLOCK,
+        HAS_V_INIT=v_init is not None, STORE_V_SEQ=store_v_seq, STATE_MODE=state_mode, BLOCK=BLOCK,
         num_warps=NUM_WARPS, enable_fp_fusion=False,  # no FMA contraction: bit-exact with the reference
     )  # fmt: skip
-    return spikes, v_last, state
+    return spikes, v_last, state, v_seq
 
 
 def neuron_backward(
-    grad_spike, grad_v_last, state, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset,
+    grad_spike, grad_v_last, grad_v_seq, state, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset,
     soft_reset, detach_reset, surrogate, alpha, state_mode,
 ):  # fmt: skip
     steps, neurons = grad_spike.shape
@@ -234,12 +242,13 @@ def neuron_backward(
     grad_v_init = torch.empty(neurons, dtype=grad_spike.dtype, device=grad_spike.device)
     partials = torch.empty(grid[0] if neuron_kind == NEURON_PLIF else 0, dtype=torch.float32, device=grad_spike.device)
     _backward_kernel[grid](
-        grad_spike, grad_v_last, _state_view(state, state_mode), v_init, decay,
+        grad_spike, grad_v_last, grad_v_seq, _state_view(state, state_mode), v_init, decay,
         grad_x, grad_v_init, partials,
         steps, neurons, tau, v_threshold, v_reset, alpha,
         NEURON_KIND=neuron_kind, DECAY_INPUT=decay_input, SOFT_RESET=soft_reset,
         DETACH_RESET=detach_reset, SURROGATE=surrogate, HAS_GRAD_V_LAST=grad_v_last is not None,
-        HAS_V_INIT=v_init is not None, STATE_MODE=state_mode, T_PAD=steps_padded, BLOCK=block,
+        HAS_GRAD_V_SEQ=grad_v_seq is not None, HAS_V_INIT=v_init is not None, STATE_MODE=state_mode,
+        T_PAD=steps_padded, BLOCK=block,
         num_warps=NUM_WARPS, enable_fp_fusion=False,  # the recomputed forward must round like the forward
     )  # fmt: skip
     return grad_x, grad_v_init, partials
