@@ -1,5 +1,5 @@
 """The measuring shared by every benchmark: the environment record, device timing, copy bandwidth,
-saved-activation bytes and the results file.
+saved-activation bytes, peak memory and the results file.
 
 Nothing here depends on pytest, so a script can time something the same way the benchmarks do.
 Every line of the results file is self-contained (device, versions, command, the copy bandwidth of
@@ -235,6 +235,21 @@ def bandwidth_metrics(model_bytes, median_ms, copy_GBps):
         "copy_GBps": copy_GBps,
         "fraction_of_copy_bandwidth": effective_GBps / copy_GBps,
     }
+
+
+def peak_memory_bytes(fn, device):
+    """The most device memory ``fn()`` has allocated at once on top of what was allocated before it
+    (weights, inputs, other models): ``torch.cuda.max_memory_allocated`` after
+    ``reset_peak_memory_stats``, less the memory allocated at the start. None on the CPU, which keeps
+    no such count."""
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    allocated_before = torch.cuda.memory_allocated(device)
+    fn()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - allocated_before
 
 
 class SavedActivationMeter(torch.autograd.graph.saved_tensors_hooks):

@@ -1,15 +1,17 @@
-"""``spikekern.convert(model)``: swap an existing SpikingJelly model's neurons for spikekern's, in place.
+"""``spikekern.convert(model)``: swap an existing SpikingJelly or snnTorch model's neurons for
+spikekern's, in place.
 
-Every SpikingJelly ``IFNode``, ``LIFNode`` and ``ParametricLIFNode`` whose configuration the fused
-kernels reproduce exactly is replaced by the spikekern module with the same arguments, the same
-parameters (PLIF's ``w`` is the same ``Parameter`` object, so optimizers keep working) and the same
-state. Everything else is left as it was, and the report says why.
+Every SpikingJelly ``IFNode``, ``LIFNode`` and ``ParametricLIFNode`` and every snnTorch ``Leaky`` whose
+configuration the fused kernels reproduce exactly is replaced by the spikekern module with the same
+arguments, the same parameters and buffers (the same ``Parameter`` objects, so optimizers keep
+working) and the same state. Everything else is left as it was, and the report says why.
 """
 
 from dataclasses import dataclass, field
 
 import torch
 
+from .nn.leaky import Leaky, snntorch_surrogate_spec
 from .nn.neuron import IFNode, LIFNode, ParametricLIFNode
 from .ops import BACKENDS
 from .surrogate import surrogate_spec
@@ -32,22 +34,43 @@ def _class_name(module):
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _spikingjelly_kind(module):
-    """'IFNode', 'LIFNode' or 'ParametricLIFNode' for SpikingJelly's own neuron classes, else None."""
+def _neuron_kind(module):
+    """'IFNode', 'LIFNode', 'ParametricLIFNode' (SpikingJelly) or 'Leaky' (snnTorch), else None."""
     cls = type(module)
     if cls.__module__.startswith("spikingjelly.") and cls.__name__ in ("IFNode", "LIFNode", "ParametricLIFNode"):
         return cls.__name__
+    if cls.__module__.startswith("snntorch.") and cls.__name__ == "Leaky":
+        return "Leaky"
     return None
 
 
-def _why_not_convertible(module):
+def _why_not_convertible(module, kind):
     try:
-        surrogate_spec(module.surrogate_function)
+        if kind == "Leaky":
+            snntorch_surrogate_spec(module.spike_grad)
+        else:
+            surrogate_spec(module.surrogate_function)
     except TypeError as error:
         return str(error)
-    if getattr(module, "_neuron_precision", None) is not None:
+    if kind == "Leaky":
+        for name, default in (("inhibition", False), ("state_quant", False), ("surrogate_disable", False), ("reset_delay", True)):
+            if getattr(module, name, default) != default:
+                return f"{name}={getattr(module, name)!r} is not supported"
+    elif getattr(module, "_neuron_precision", None) is not None:
         return "a custom neuron precision (set_neuron_precision) is not supported"
     return None
+
+
+def _spikekern_leaky(module, backend):
+    new = Leaky(
+        module.beta, module.threshold, module.spike_grad, init_hidden=module.init_hidden, output=module.output,
+        reset_mechanism=module.reset_mechanism, graded_spikes_factor=module.graded_spikes_factor, backend=backend,
+    )  # fmt: skip
+    for name in ("beta", "threshold", "graded_spikes_factor"):
+        setattr(new, name, getattr(module, name))  # the same Parameter or buffer tensor
+    new.mem = module.mem
+    new.train(module.training)
+    return new
 
 
 def _spikekern_neuron(module, kind, backend):
@@ -70,7 +93,7 @@ def _spikekern_neuron(module, kind, backend):
 
 
 def convert(model: torch.nn.Module, backend=None, spike_layers=True) -> ConversionReport:
-    """Replace SpikingJelly neurons in ``model`` (in place) with spikekern's; return what was done.
+    """Replace SpikingJelly and snnTorch neurons in ``model`` (in place) with spikekern's; return what was done.
 
     backend: the backend of the new neurons (None: the best available per call).
     spike_layers: also replace convolution and linear layers whose input is spikes with spike-driven
@@ -86,17 +109,17 @@ def convert(model: torch.nn.Module, backend=None, spike_layers=True) -> Conversi
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
             name = f"{parent_name}.{child_name}" if parent_name else child_name
-            kind = _spikingjelly_kind(child)
+            kind = _neuron_kind(child)
             if kind is None:
                 continue
-            reason = _why_not_convertible(child)
+            reason = _why_not_convertible(child, kind)
             if reason is not None:
                 report.left.append((name, _class_name(child), reason))
                 continue
-            new = _spikekern_neuron(child, kind, backend)
+            new = _spikekern_leaky(child, backend) if kind == "Leaky" else _spikekern_neuron(child, kind, backend)
             setattr(parent, child_name, new)
             report.replaced.append((name, _class_name(child), _class_name(new)))
-    if _spikingjelly_kind(model) is not None:
+    if _neuron_kind(model) is not None:
         report.left.append(("", _class_name(model), "the model itself is a neuron: wrap it to convert it"))
     if spike_layers:
         report.left.append(

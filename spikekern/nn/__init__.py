@@ -1,6 +1,7 @@
-"""Drop-in modules: SpikingJelly-compatible neurons backed by spikekern's fused ops, and stateless
-layers with ``step_mode``."""
+"""Drop-in modules: SpikingJelly-compatible neurons and snnTorch's ``Leaky``, backed by spikekern's
+fused ops, and stateless layers with ``step_mode``."""
 
+from .leaky import Leaky
 from .neuron import BaseNode, IFNode, LIFNode, ParametricLIFNode
 from .stateless import (
     AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, GroupNorm, Linear, MaxPool2d,
@@ -9,5 +10,5 @@ from .stateless import (
 
 __all__ = [
     "AdaptiveAvgPool2d", "AvgPool2d", "BaseNode", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Flatten",
-    "GroupNorm", "IFNode", "LIFNode", "Linear", "MaxPool2d", "ParametricLIFNode", "StepModeMixin", "Upsample",
+    "GroupNorm", "IFNode", "Leaky", "LIFNode", "Linear", "MaxPool2d", "ParametricLIFNode", "StepModeMixin", "Upsample",
 ]  # fmt: skip

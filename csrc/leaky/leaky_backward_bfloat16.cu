@@ -1,0 +1,9 @@
+// Explicit instantiation: every backward kernel for bfloat16 inputs (see leaky_kernels.cuh).
+#include "leaky/leaky_kernels.cuh"
+
+namespace spikekern {
+
+template void launch_leaky_backward_typed<__nv_bfloat16>(
+    const LeakyBackwardArgs&, const LaunchPlan&, cudaStream_t);
+
+}  // namespace spikekern

@@ -1,0 +1,9 @@
+// Explicit instantiation: every backward kernel for float32 inputs (see leaky_kernels.cuh).
+#include "leaky/leaky_kernels.cuh"
+
+namespace spikekern {
+
+template void launch_leaky_backward_typed<float>(
+    const LeakyBackwardArgs&, const LaunchPlan&, cudaStream_t);
+
+}  // namespace spikekern
