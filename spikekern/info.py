@@ -36,7 +36,10 @@ def report() -> str:
             probe = torch.empty(1, device=device, dtype=dtype)
             reasons = available_backends(probe)
             default = select_backend("", probe)
-            lines.append(f"neuron ops on {device} {str(dtype).replace('torch.', '')}: default backend {default!r}")
+            lines.append(
+                f"multi-step neuron ops (if/lif/plif/leaky) on {device} {str(dtype).replace('torch.', '')}: "
+                f"default backend {default!r}"
+            )
             for name in BACKENDS:
                 lines.append(f"    {name:<7} {'available' if reasons[name] is None else 'unavailable: ' + reasons[name]}")
     return "\n".join(lines)
