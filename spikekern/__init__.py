@@ -2,6 +2,7 @@
 
 from . import functional, nn, ops, surrogate
 from .convert import ConversionReport, convert
+from .ops import set_validation
 
 __version__ = "0.1.0"
-__all__ = ["ConversionReport", "convert", "functional", "nn", "ops", "surrogate", "__version__"]
+__all__ = ["ConversionReport", "convert", "functional", "nn", "ops", "set_validation", "surrogate", "__version__"]

@@ -1,0 +1,291 @@
+"""spike_linear against F.linear and its autograd: backends, paths, rates, dtypes, saved memory, dispatch,
+bad input, opcheck, torch.compile and the Triton kernels' ahead-of-time compilation for sm_90.
+
+Tolerances (docs/spike_ops.md): the torch backend is bit-identical to F.linear in float32. The sparse
+Triton path is bit-identical in every dtype to ``ordered_masked_sum`` (its documented fp32 order) and
+within FLOAT_TOLERANCE of F.linear. Tensor-core paths: FLOAT_TOLERANCE, relative to the output's scale;
+in float16/bfloat16 that is 4 units of the dtype's relative rounding (2**-11, 2**-8).
+
+Run as a script with TRITON_INTERPRET=0, this file is the AOT harness: it compiles the kernels named
+on stdin and prints the result as JSON.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DEVICE, assert_bit_equal, assert_close_verbose
+
+from spikekern.ops.spike_linear import (
+    SPARSE_MAX_DENSITY, ordered_masked_sum, spike_linear, spike_linear_plan,
+)  # fmt: skip
+from spikekern.ops.spike_pack import available_spike_backends, set_validation
+
+TRITON_USABLE = available_spike_backends(torch.empty(1, device=DEVICE))["triton"] is None
+# (backend, path) pairs that run here; the torch backend has one path.
+RUNS = [("torch", "auto")] + ([("triton", "dense"), ("triton", "sparse")] if TRITON_USABLE else [])
+FLOAT_TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+GPU_ONLY = pytest.mark.skipif(DEVICE != "cuda", reason="bfloat16 needs a GPU (the Triton interpreter has none)")
+
+
+def make_problem(shape, out_features, rate, dtype=torch.float32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    spikes = (torch.rand(shape, generator=generator) < rate).to(DEVICE, dtype)
+    weight = torch.randn(out_features, shape[-1], generator=generator).to(DEVICE, dtype)
+    bias = torch.randn(out_features, generator=generator).to(DEVICE, dtype)
+    grad_out = torch.randn(*shape[:-1], out_features, generator=generator).to(DEVICE, dtype)
+    return spikes, weight, bias, grad_out
+
+
+def forward_backward(function, spikes, weight, bias, grad_out):
+    """Output and the gradients of (spikes, weight, bias) for the given output gradient."""
+    leaves = [t.detach().clone().requires_grad_() for t in (spikes, weight, bias)]
+    out = function(*leaves)
+    out.backward(grad_out)
+    return out.detach(), [leaf.grad for leaf in leaves]
+
+
+def check_close_to_f_linear(backend, path, problem, dtype):
+    out, grads = forward_backward(lambda *a: spike_linear(*a, path=path, backend=backend), *problem)
+    # The expectation is F.linear in float32 on the same (rounded) values, rounded once to the dtype.
+    expected_out, expected_grads = forward_backward(F.linear, *(t.float() for t in problem))
+    tolerance = FLOAT_TOLERANCE[dtype]
+    for name, actual, expected in zip(("output", "grad s", "grad weight", "grad bias"), [out, *grads],
+                                      [expected_out, *expected_grads]):  # fmt: skip
+        assert actual.dtype == dtype, name
+        scale = max(expected.abs().max().item(), 1.0) if expected.numel() else 1.0
+        assert_close_verbose(actual, expected.to(dtype), tolerance, tolerance * scale, f"{backend}/{path} {name}")
+    return out, grads
+
+
+CASES = [((1, 7), 5), ((6, 70), 33), ((3, 4, 45), 17)]  # N=1 and odd sizes; the last is T-folded
+
+
+@pytest.mark.parametrize("backend,path", RUNS)
+@pytest.mark.parametrize("rate", [0.0, 0.01, 0.2, 1.0])
+@pytest.mark.parametrize("shape,out_features", CASES, ids=str)
+def test_float32_matches_f_linear(backend, path, rate, shape, out_features):
+    problem = make_problem(shape, out_features, rate)
+    out, grads = check_close_to_f_linear(backend, path, problem, torch.float32)
+    spikes, weight, bias, grad_out = problem
+    if backend == "torch":  # the reference is F.linear on the unpacked (identical) spikes
+        expected_out, expected_grads = forward_backward(F.linear, *problem)
+        for name, actual, expected in zip(("output", "grad s", "grad weight", "grad bias"), [out, *grads],
+                                          [expected_out, *expected_grads]):  # fmt: skip
+            assert_bit_equal(actual, expected, name)
+    elif path == "sparse":  # exact for its documented summation order
+        rows, grad_rows = spikes.reshape(-1, shape[-1]), grad_out.reshape(-1, out_features)
+        assert_bit_equal(out.reshape(rows.shape[0], -1), ordered_masked_sum(rows, weight.t()) + bias, "output")
+        assert_bit_equal(grads[1], ordered_masked_sum(rows.t(), grad_rows).t(), "grad weight")
+
+
+@pytest.mark.parametrize("backend,path", RUNS)
+def test_float16(backend, path):
+    check_close_to_f_linear(backend, path, make_problem((2, 5, 70), 40, 0.2, torch.float16), torch.float16)
+
+
+@GPU_ONLY
+@pytest.mark.parametrize("backend,path", RUNS)
+def test_bfloat16(backend, path):
+    check_close_to_f_linear(backend, path, make_problem((4, 64, 300), 130, 0.05, torch.bfloat16), torch.bfloat16)
+
+
+@pytest.mark.parametrize("backend,path", RUNS)
+def test_non_contiguous_spikes(backend, path):
+    spikes, weight, bias, grad_out = make_problem((6, 8), 9, 0.3)
+    column_major = spikes.t().contiguous().t()  # [6, 8] with strides (1, 6)
+    assert not column_major.is_contiguous()
+    check_close_to_f_linear(backend, path, (column_major, weight, bias, grad_out), torch.float32)
+
+
+@pytest.mark.parametrize("backend,path", RUNS)
+@pytest.mark.parametrize("shape,out_features", [((0, 7), 5), ((3, 0), 4), ((3, 7), 0), ((2, 0, 7), 5)], ids=str)
+def test_empty(backend, path, shape, out_features):
+    check_close_to_f_linear(backend, path, make_problem(shape, out_features, 0.5), torch.float32)
+
+
+@pytest.mark.parametrize("backend,path", RUNS)
+def test_saves_one_bit_per_input_element_and_never_the_dense_input(backend, path):
+    spikes, weight, bias, _ = make_problem((3, 4, 45), 17, 0.2)
+    spikes.requires_grad_()
+    weight.requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        spike_linear(spikes, weight, bias, path=path, backend=backend)
+    words = [t for t in saved if t.dtype == torch.int32]
+    assert len(words) == 1 and words[0].shape == (12, 2), [(t.shape, t.dtype) for t in saved]
+    assert words[0].numel() * 32 == 12 * 64  # 45 inputs per row padded to 64 bits
+    others = [t for t in saved if t is not words[0]]
+    assert all(t.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr() for t in others), (
+        "only the packed spikes and the weight may be saved"
+    )
+
+
+def test_non_binary_input_is_refused():
+    spikes, weight, bias, _ = make_problem((4, 40), 6, 0.3)
+    spikes[1, 3] = 2.0
+    for backend, path in RUNS:
+        with pytest.raises(ValueError, match="s must hold only spikes"):
+            spike_linear(spikes, weight, bias, path=path, backend=backend)
+
+
+def test_validation_off_trusts_the_input():
+    spikes, weight, _, _ = make_problem((4, 40), 6, 0.3)
+    spikes[1, 3] = 2.0
+    set_validation(False)
+    try:
+        out = spike_linear(spikes, weight)
+    finally:
+        set_validation(None)
+    assert torch.equal(out, F.linear((spikes != 0).float(), weight)), "nonzero values count as spikes"
+
+
+def test_bad_arguments_are_refused_with_their_names():
+    spikes, weight, bias, _ = make_problem((4, 40), 6, 0.3)
+    with pytest.raises(ValueError, match=r"weight must have shape \[out_features, in_features=40\]"):
+        spike_linear(spikes, weight[:, :39])
+    with pytest.raises(TypeError, match="weight must have s's dtype torch.float32"):
+        spike_linear(spikes, weight.half())
+    with pytest.raises(TypeError, match="s must be float32, float16 or bfloat16"):
+        spike_linear(spikes.long(), weight)
+    with pytest.raises(ValueError, match=r"bias must have shape \[out_features\] = \(6,\)"):
+        spike_linear(spikes, weight, bias[:5])
+    with pytest.raises(ValueError, match=r"s must be \[N, in_features\] or time-first"):
+        spike_linear(spikes[0], weight)
+    with pytest.raises(ValueError, match="path must be one of"):
+        spike_linear(spikes, weight, path="fast")
+    with pytest.raises(RuntimeError, match="cuda: not implemented for this op yet"):
+        spike_linear(spikes, weight, backend="cuda")
+
+
+@pytest.mark.skipif(not TRITON_USABLE, reason="Triton cannot run here")
+def test_plan_reports_the_density_rule_and_overrides():
+    _, weight, _, _ = make_problem((50, 64), 8, 0.0)
+    for rate, expected in ((0.0, "sparse"), (SPARSE_MAX_DENSITY / 2, "sparse"), (0.2, "dense"), (1.0, "dense")):
+        spikes = make_problem((50, 64), 8, rate)[0]
+        plan = spike_linear_plan(spikes, weight, backend="triton")
+        assert (plan.backend, plan.path) == ("triton", expected) and "spike density" in plan.reason, (rate, plan)
+    spikes = make_problem((50, 64), 8, 0.2)[0]
+    assert spike_linear_plan(spikes, weight, path="sparse", backend="triton").path == "sparse"
+    assert spike_linear_plan(spikes, weight, backend="torch").path == "reference"
+
+
+@pytest.mark.parametrize("backend,path", RUNS)
+def test_opcheck(backend, path):
+    spikes, weight, bias, grad_out = make_problem((5, 45), 17, 0.2)
+    sample = (spikes.requires_grad_(), weight.requires_grad_(), bias.requires_grad_(), True, path, backend)
+    torch.library.opcheck(torch.ops.spikekern.spike_linear_forward.default, sample)
+    _, packed = torch.ops.spikekern.spike_linear_forward(*sample)
+    backward_args = (grad_out, packed, weight.detach(), True, True, False, path, backend)
+    torch.library.opcheck(torch.ops.spikekern.spike_linear_backward.default, backward_args)
+
+
+class SpikingMLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hidden = torch.nn.Linear(45, 17)
+        self.readout = torch.nn.Linear(17, 4)
+
+    def forward(self, spikes):
+        return self.readout(spike_linear(spikes, self.hidden.weight, self.hidden.bias))
+
+
+def test_torch_compile_fullgraph_has_no_graph_break():
+    torch._dynamo.reset()
+    model = SpikingMLP().to(DEVICE)
+    spikes = make_problem((3, 4, 45), 1, 0.2)[0]
+    out_eager = model(spikes)
+    out_compiled = torch.compile(model, fullgraph=True)(spikes)
+    assert_close_verbose(out_compiled, out_eager, 1e-6, 1e-5, "compiled output")
+    out_eager.sum().backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    out_compiled.sum().backward()
+    for eager_grad, param in zip(eager_grads, model.parameters()):
+        assert_close_verbose(param.grad, eager_grad, 1e-5, 1e-5, "compiled gradient")
+    assert torch._dynamo.explain(model)(spikes).graph_break_count == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Ahead-of-time compilation for sm_90 (no GPU needed)
+# ----------------------------------------------------------------------------------------------
+
+ELEMENT_TYPES = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
+# Pointers that are not the element dtype, by kernel argument name.
+INT32_POINTERS = ("packed_ptr", "invalid_ptr")
+AOT_CASES = (
+    [("spike_pack", "_pack_kernel", dtype, {"VALIDATE": v, "BLOCK_ROWS": 16, "BLOCK_WORDS": 8})
+     for dtype in ("float32", "bfloat16") for v in (True, False)]
+    + [("spike_pack", "_unpack_kernel", "float16", {"BLOCK_ROWS": 16, "BLOCK_K": 256})]
+    + [("spike_linear", "_dense_forward_kernel", dtype,
+        {"HAS_BIAS": True, "DOT_PRECISION": precision, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64})
+       for dtype, precision in (("float32", "tf32x3"), ("float16", "tf32"), ("bfloat16", "tf32"))]
+    + [("spike_linear", "_sparse_forward_kernel", dtype, {"HAS_BIAS": True, "BLOCK_N": 128})
+       for dtype in ("float32", "bfloat16")]
+    + [("spike_linear", "_dense_grad_weight_kernel", dtype,
+        {"DOT_PRECISION": precision, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64})
+       for dtype, precision in (("float32", "tf32x3"), ("bfloat16", "tf32"))]
+    + [("spike_linear", "_sparse_grad_weight_kernel", dtype, {"BLOCK_N": 128}) for dtype in ("float32", "bfloat16")]
+)  # fmt: skip
+
+
+def aot_compile(module_name, kernel_name, dtype, constexprs, arch=90):
+    import importlib
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = getattr(importlib.import_module(f"spikekern.ops.triton.{module_name}"), kernel_name)
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in INT32_POINTERS:
+            signature[name] = "*i32"
+        elif name.endswith("_ptr"):
+            signature[name] = ELEMENT_TYPES[dtype]
+        else:
+            signature[name] = "i32"
+    indexed = {(kernel.arg_names.index(name),): value for name, value in constexprs.items()}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=indexed),
+                              target=GPUTarget("cuda", arch, 32))  # fmt: skip
+    return compiled.asm["ptx"]
+
+
+@pytest.fixture(scope="module")
+def aot_results():
+    environment = {**os.environ, "TRITON_INTERPRET": "0"}  # the interpreter's kernels cannot be compiled
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
+    result = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=environment,
+                            cwd=os.path.dirname(__file__))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("index", range(len(AOT_CASES)), ids=lambda i: f"{AOT_CASES[i][1]}-{AOT_CASES[i][2]}")
+def test_triton_kernels_compile_for_sm90(aot_results, index):
+    result = aot_results[index]
+    assert result["ok"], f"{AOT_CASES[index]}: {result['error']}"
+    if "dense" in AOT_CASES[index][1]:
+        assert result["tensor_cores"], "the dense kernels must use tensor-core MMA instructions on sm_90"
+
+
+def main():
+    results = []
+    for case in AOT_CASES:
+        try:
+            ptx = aot_compile(*case)
+            results.append({"ok": True, "tensor_cores": "wgmma" in ptx or "mma.sync" in ptx})
+        except Exception as error:  # reported to the test, which fails with it
+            results.append({"ok": False, "error": f"{type(error).__name__}: {error}"})
+    json.dump(results, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
