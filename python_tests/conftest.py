@@ -53,3 +53,57 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip_slow)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers shared by the tests of several ops
+# ----------------------------------------------------------------------------------------------
+
+
+class HeavisideWithSurrogate(torch.autograd.Function):
+    """spike = (x >= 0), backward = the surrogate: how SpikingJelly builds its eager loop."""
+
+    @staticmethod
+    def forward(ctx, x, surrogate_id, alpha):
+        ctx.save_for_backward(x)
+        ctx.surrogate = (surrogate_id, alpha)
+        return (x >= 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        from spikekern.ops.surrogate import surrogate_gradient
+
+        (x,) = ctx.saved_tensors
+        return grad * surrogate_gradient(x, *ctx.surrogate), None, None
+
+
+def saved_bytes_per_element(function, x_seq):
+    """Bytes autograd keeps for backward after ``function(x_seq)``, per element of x_seq."""
+    saved = {}
+
+    def pack(tensor):
+        saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        function(x_seq)
+    return sum(saved.values()) / x_seq.numel()
+
+
+def replay_in_cuda_graph(step, leaves):
+    """Runs ``step`` (forward and backward) twice on a side stream, clears the leaves' gradients,
+    captures one more call in a CUDA graph, replays it and returns what the captured call returned."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            step()  # warm-up compiles the kernels outside capture
+    torch.cuda.current_stream().wait_stream(stream)
+    for tensor in leaves:
+        tensor.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    graph.replay()
+    torch.cuda.synchronize()
+    return captured

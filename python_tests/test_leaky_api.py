@@ -2,12 +2,18 @@
 
 import pytest
 import torch
-from conftest import DEVICE, assert_bit_equal, assert_close_verbose, fast_backends
-from test_neuron_api import saved_bytes_per_element
+from conftest import (
+    DEVICE,
+    assert_bit_equal,
+    assert_close_verbose,
+    fast_backends,
+    replay_in_cuda_graph,
+    saved_bytes_per_element,
+)  # fmt: skip
 
 from spikekern.ops import leaky_multistep
+from spikekern.ops._multistep import RECOMPUTE_MAX_STEPS, STATE_BF16, STATE_FLOAT, STATE_INPUT, STATE_NONE
 from spikekern.ops.leaky import RESET_SUBTRACT, RESET_ZERO
-from spikekern.ops.neuron import RECOMPUTE_MAX_STEPS, STATE_BF16, STATE_FLOAT, STATE_INPUT, STATE_NONE
 
 
 def x_seq_of(shape=(3, 2, 5), dtype=torch.float32):
@@ -169,18 +175,6 @@ def test_cuda_graph_capture(backend):
         (spikes.sum() + mem.sum()).backward()
         return spikes
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            step()  # warm-up compiles the kernels outside capture
-    torch.cuda.current_stream().wait_stream(stream)
-    for tensor in (x_seq, beta, threshold):
-        tensor.grad = None
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
-    graph.replay()
-    torch.cuda.synchronize()
+    captured = replay_in_cuda_graph(step, (x_seq, beta, threshold))
     expected = leaky_multistep(x_seq.detach(), beta.detach(), threshold=threshold.detach(), backend="torch")[0]
     assert_bit_equal(captured, expected, "spikes from the replayed graph")

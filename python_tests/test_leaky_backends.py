@@ -14,8 +14,8 @@ import torch
 from conftest import DEVICE, assert_bit_equal, assert_close_verbose, fast_backends
 
 from spikekern.ops import SURROGATES, leaky_multistep
+from spikekern.ops._multistep import RECOMPUTE_MAX_STEPS
 from spikekern.ops.leaky import RESET_MECHANISMS
-from spikekern.ops.neuron import RECOMPUTE_MAX_STEPS
 
 BACKENDS = fast_backends()
 pytestmark = pytest.mark.skipif(not BACKENDS, reason="no Triton or CUDA backend can run here")

@@ -4,11 +4,11 @@ import itertools
 
 import pytest
 import torch
-from conftest import assert_bit_equal, assert_close_verbose
-from test_neuron_reference import HeavisideWithSurrogate
+from conftest import HeavisideWithSurrogate, assert_bit_equal, assert_close_verbose
 
 from spikekern.ops import SURROGATES, leaky_multistep
-from spikekern.ops.leaky import RESET_MECHANISMS, STATE_FLOAT, reference_forward
+from spikekern.ops._multistep import STATE_FLOAT
+from spikekern.ops.leaky import RESET_MECHANISMS, reference_forward
 from spikekern.ops.surrogate import surrogate_gradient
 
 RESETS = sorted(RESET_MECHANISMS)

@@ -6,13 +6,18 @@ import re
 
 import pytest
 import torch
-from conftest import DEVICE, assert_bit_equal, assert_close_verbose, fast_backends
+from conftest import (
+    DEVICE,
+    assert_bit_equal,
+    assert_close_verbose,
+    fast_backends,
+    replay_in_cuda_graph,
+    saved_bytes_per_element,
+)  # fmt: skip
 
 from spikekern.ops import available_backends, if_multistep, lif_multistep, plif_multistep
-from spikekern.ops.neuron import (
-    NEURON_LIF, NEURON_PLIF, RECOMPUTE_MAX_STEPS, STATE_BF16, STATE_FLOAT, STATE_INPUT, reference_backward,
-    reference_forward,
-)  # fmt: skip
+from spikekern.ops._multistep import RECOMPUTE_MAX_STEPS, STATE_BF16, STATE_FLOAT, STATE_INPUT
+from spikekern.ops.neuron import NEURON_LIF, NEURON_PLIF, reference_backward, reference_forward
 
 
 def x_seq_of(shape=(3, 2, 5), dtype=torch.float32):
@@ -183,18 +188,6 @@ def test_torch_compile_fullgraph_has_no_graph_break():
     assert explanation.graph_break_count == 0
 
 
-def saved_bytes_per_element(function, x_seq):
-    saved = {}
-
-    def pack(tensor):
-        saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        function(x_seq)
-    return sum(saved.values()) / x_seq.numel()
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("steps", [4, RECOMPUTE_MAX_STEPS + 1])
 def test_saved_memory_per_element(dtype, steps):
@@ -229,18 +222,6 @@ def test_cuda_graph_capture(backend):
         (spikes.sum() + v_last.sum()).backward()
         return spikes
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            step()  # warm-up compiles the kernels outside capture
-    torch.cuda.current_stream().wait_stream(stream)
-    x_seq.grad = None
-    w.grad = None
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
-    graph.replay()
-    torch.cuda.synchronize()
+    captured = replay_in_cuda_graph(step, (x_seq, w))
     expected = plif_multistep(x_seq.detach(), w.detach(), backend="torch")[0]
     assert_bit_equal(captured, expected, "spikes from the replayed graph")

@@ -5,26 +5,12 @@ import math
 
 import pytest
 import torch
-from conftest import assert_bit_equal, assert_close_verbose
+from conftest import HeavisideWithSurrogate, assert_bit_equal, assert_close_verbose
 
 from spikekern.ops import SURROGATES, if_multistep, lif_multistep, plif_multistep
-from spikekern.ops.neuron import NEURON_IF, NEURON_LIF, NEURON_PLIF, STATE_FLOAT, reference_forward
+from spikekern.ops._multistep import STATE_FLOAT
+from spikekern.ops.neuron import NEURON_IF, NEURON_LIF, NEURON_PLIF, reference_forward
 from spikekern.ops.surrogate import surrogate_gradient
-
-
-class HeavisideWithSurrogate(torch.autograd.Function):
-    """spike = (x >= 0), backward = the surrogate: how SpikingJelly builds its eager loop."""
-
-    @staticmethod
-    def forward(ctx, x, surrogate_id, alpha):
-        ctx.save_for_backward(x)
-        ctx.surrogate = (surrogate_id, alpha)
-        return (x >= 0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * surrogate_gradient(x, *ctx.surrogate), None, None
 
 
 def eager_loop(

@@ -5,16 +5,12 @@ bfloat16). This also checks the forward's PTX: IEEE division (``div.rn``) for ``
 multiply-add, which the bit-exact match with the reference depends on.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
 pytest.importorskip("triton")
 
-import spikekern  # noqa: E402
+from triton_aot import case as aot_case  # noqa: E402
+from triton_aot import case_id, compile_in_subprocess  # noqa: E402
 
 FORWARD = dict(NEURON_KIND=1, DECAY_INPUT=True, SOFT_RESET=False, HAS_V_INIT=True, STORE_V_SEQ=False, STATE_MODE=0,
                BLOCK=1024)  # fmt: skip
@@ -25,7 +21,7 @@ BACKWARD = dict(NEURON_KIND=1, DECAY_INPUT=True, SOFT_RESET=False, DETACH_RESET=
 
 def case(kernel, variant, dtype="float32", arch=90):
     defaults = FORWARD if kernel == "_forward_kernel" else BACKWARD
-    return {"kernel": kernel, "constexprs": {**defaults, **variant}, "dtype": dtype, "arch": arch}
+    return aot_case("neuron", kernel, {**defaults, **variant}, dtype, arch, ("decay_ptr", "plif_partials_ptr"))
 
 
 CASES = (
@@ -51,18 +47,10 @@ CASES = (
 
 @pytest.fixture(scope="module")
 def compiled():
-    environment = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    package_root = os.path.dirname(os.path.dirname(spikekern.__file__))
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
-    script = os.path.join(os.path.dirname(__file__), "triton_aot.py")
-    result = subprocess.run(
-        [sys.executable, script], input=json.dumps(CASES), capture_output=True, text=True, env=environment
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout)
+    return compile_in_subprocess(CASES)
 
 
-@pytest.mark.parametrize("index", range(len(CASES)), ids=lambda i: f"{CASES[i]['kernel']}-{CASES[i]['dtype']}-sm{CASES[i]['arch']}-{i}")
+@pytest.mark.parametrize("index", range(len(CASES)), ids=case_id(CASES))
 def test_kernel_compiles_for_gpu(compiled, index):
     result, spec = compiled[index], CASES[index]
     assert result["ok"], f"{spec}: {result.get('error')}"

@@ -1,53 +1,80 @@
 """Ahead-of-time compilation of spikekern's Triton kernels for a GPU target, without a GPU.
 
-Run as a script (``python triton_aot.py < cases.json``) in a process where TRITON_INTERPRET is unset:
-the interpreter replaces kernels with Python functions that cannot be compiled. Prints, as JSON, each
-case's PTX facts or its compile error.
+``compile_in_subprocess(cases)`` runs this file as a script (``python triton_aot.py < cases.json``) in a
+process where TRITON_INTERPRET is unset: the interpreter replaces kernels with Python functions that
+cannot be compiled. The script prints, as JSON, each case's PTX facts or its compile error. A case
+(made by ``case``) names a kernel of a module of ``spikekern.ops.triton``, its constexprs, the element
+dtype, the target arch and which pointer arguments are float32 whatever the element dtype.
 """
 
+import importlib
 import json
+import os
+import subprocess
 import sys
-
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-
-from spikekern.ops.triton import neuron as kernels
 
 POINTER_TYPES = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
 STATE_POINTER_TYPES = {1: "*fp32", 2: "*i16"}  # mode 3 hands the kernel x_seq itself
 
 
-def compile_case(case):
-    kernel = getattr(kernels, case["kernel"])
-    constexprs = case["constexprs"]
-    element = POINTER_TYPES[case["dtype"]]
+def case(module, kernel, constexprs, dtype="float32", arch=90, float32_pointers=()):
+    return {
+        "module": module, "kernel": kernel, "constexprs": constexprs, "dtype": dtype, "arch": arch,
+        "float32_pointers": list(float32_pointers),
+    }  # fmt: skip
+
+
+def case_id(cases):
+    """pytest ids for the indices of ``cases``."""
+    return lambda i: f"{cases[i]['kernel']}-{cases[i]['dtype']}-sm{cases[i]['arch']}-{i}"
+
+
+def compile_case(spec):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernels = importlib.import_module(f"spikekern.ops.triton.{spec['module']}")
+    kernel = getattr(kernels, spec["kernel"])
+    constexprs = spec["constexprs"]
+    element = POINTER_TYPES[spec["dtype"]]
     signature = {}
     for name in kernel.arg_names:
         if name in constexprs:
             signature[name] = "constexpr"
         elif name == "state_ptr":
             signature[name] = STATE_POINTER_TYPES.get(constexprs["STATE_MODE"], element)
-        elif name in ("decay_ptr", "plif_partials_ptr"):
+        elif name in spec["float32_pointers"]:
             signature[name] = "*fp32"
         elif name.endswith("_ptr"):
             signature[name] = element
-        elif name in ("T", "M"):
-            signature[name] = "i64"
         else:
-            signature[name] = "fp32"
+            signature[name] = "i64" if name in ("T", "M") else "fp32"
     indexed = {(kernel.arg_names.index(name),): value for name, value in constexprs.items()}
     source = ASTSource(fn=kernel, signature=signature, constexprs=indexed)
     options = {"num_warps": kernels.NUM_WARPS, "enable_fp_fusion": False}
-    ptx = triton.compile(source, target=GPUTarget("cuda", case["arch"], 32), options=options).asm["ptx"]
+    ptx = triton.compile(source, target=GPUTarget("cuda", spec["arch"], 32), options=options).asm["ptx"]
     return {"fma": "fma" in ptx, "div_rn": "div.rn.f32" in ptx}
+
+
+def compile_in_subprocess(cases):
+    """Each case's result (``ok`` and the PTX facts, or ``error``), compiled in a fresh process."""
+    environment = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, os.path.abspath(__file__)], input=json.dumps(cases), capture_output=True, text=True,
+        env=environment,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
 
 
 def main():
     results = []
-    for case in json.load(sys.stdin):
+    for spec in json.load(sys.stdin):
         try:
-            results.append({"ok": True, **compile_case(case)})
+            results.append({"ok": True, **compile_case(spec)})
         except Exception as error:  # reported back to the test, which fails with it
             results.append({"ok": False, "error": f"{type(error).__name__}: {error}"})
     json.dump(results, sys.stdout)

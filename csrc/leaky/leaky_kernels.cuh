@@ -1,10 +1,10 @@
 // Fused multi-step kernels for snnTorch's Leaky neuron. Math, saved state and contract:
 // docs/leaky_op.md.
 //
-// The layout is the neuron kernels' (neuron/neuron_kernels.cuh, whose launch constants, state
-// element types and state-mode dispatch these reuse): one thread owns a group of neurons (one
-// element, or a pack of up to 4) and walks all T steps with the membrane in registers, so every
-// [T, M] tensor is read or written once, in coalesced rows.
+// The layout is the neuron kernels' (neuron/neuron_kernels.cuh; both take their launch constants,
+// state element types and state-mode dispatch from common/multistep.cuh): one thread owns a group
+// of neurons (one element, or a pack of up to 4) and walks all T steps with the membrane in
+// registers, so every [T, M] tensor is read or written once, in coalesced rows.
 //
 // Compile-time switches: element type, reset mechanism, per-neuron or shared beta, state mode,
 // group width. Grid-uniform runtime switches, which never diverge and would only multiply the
@@ -21,10 +21,10 @@
 
 #include "common/dispatch.h"
 #include "common/elementwise.cuh"
+#include "common/multistep.cuh"
 #include "common/reduce.cuh"
 #include "common/surrogate.cuh"
 #include "leaky/leaky_ops.h"
-#include "neuron/neuron_kernels.cuh"
 
 namespace spikekern {
 
@@ -101,15 +101,15 @@ __device__ __forceinline__ void load_decay(const float* beta, int64_t m, float (
   for (int i = 0; i < N; ++i) decay[i] = clamp_unit(decay[i]);
 }
 
-// One saved step decoded as the neuron kernels' SavedStep: snnTorch's mem[t] plays the part of the
-// charge H[t] there (the membrane before the reset, which snnTorch applies a step later). `saved` is
-// the compact margin (widened from bfloat16) in kBFloat16Margin mode, mem otherwise.
+// One saved step decoded as a SavedStep: snnTorch's mem[t] plays the part of the neuron kernels'
+// charge H[t] (the membrane before the reset, which snnTorch applies a step later). `saved` is the
+// compact margin (widened from bfloat16) in kBFloat16Margin mode, mem otherwise.
 template <StateMode kStateMode>
 __device__ __forceinline__ SavedStep decode_saved_membrane(float saved, float threshold) {
   if constexpr (kStateMode == StateMode::kBFloat16Margin) {
     // The same coding as the neuron kernels' compact state: the sign bit is clear exactly where the
     // neuron fired (compact_margin), a NaN never did, and mem is approximate.
-    return decode_saved_step<kStateMode>(saved, threshold);
+    return decode_compact_margin(saved, threshold);
   } else {
     const float margin = __fsub_rn(saved, threshold);
     return {saved, margin, fires_above(margin)};
@@ -178,11 +178,10 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerMultiprocessor)
                           float* __restrict__ threshold_partials) {
   static_assert(kStateMode != StateMode::kNone, "backward needs a state");
   constexpr bool kRecompute = kStateMode == StateMode::kRecompute;
-  // kRecompute: mem[t] of element i of this thread's group is at [(t * kVec + i) * kBlockSize +
-  // threadIdx.x]. Only its own thread touches a slot, so no barrier is needed.
+  // kRecompute: mem[t] of every step, in shared memory (recompute_slot).
   extern __shared__ float recomputed_membranes[];
   const auto membrane_slot = [&](int64_t t, int i) -> float& {
-    return recomputed_membranes[(t * kVec + i) * kBlockSize + threadIdx.x];
+    return recompute_slot<kVec>(recomputed_membranes, t, i);
   };
   // The state of step t, as floats: mem, the compact margin, or the recomputed mem.
   const auto load_saved = [&](int64_t t, int64_t m, float(&saved)[kVec]) {
@@ -356,8 +355,7 @@ void launch_leaky_backward_typed(const LeakyBackwardArgs& args, const LaunchPlan
         constexpr StateMode kStateMode = decltype(state_mode)::value;
         constexpr bool kRecompute = kStateMode == StateMode::kRecompute;
         constexpr int kVec = leaky_group_width(sizeof(scalar_t), decltype(vectorized)::value);
-        const size_t shared_bytes =
-            kRecompute ? config.num_steps * kVec * kBlockSize * sizeof(float) : 0;
+        const size_t shared_bytes = recompute_shared_bytes<kVec>(kRecompute, config.num_steps);
         leaky_backward_kernel<scalar_t, decltype(reset)::value, decltype(per_neuron_beta)::value,
                               kStateMode, kVec><<<grid, kBlockSize, shared_bytes, stream>>>(
             config, args.surrogate, args.alpha, static_cast<const scalar_t*>(args.grad_spike),

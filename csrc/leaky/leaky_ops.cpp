@@ -15,45 +15,11 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "common/multistep_ops.h"
 #include "leaky/leaky_ops.h"
 
 namespace spikekern {
 namespace {
-
-// The [T, M] sequence (x_seq or grad_spike) that fixes device, dtype and sizes for the others.
-ElementType check_sequence(const at::Tensor& sequence, const char* name) {
-  TORCH_CHECK(sequence.is_cuda(), name, " must be a CUDA tensor, got device ", sequence.device());
-  TORCH_CHECK(sequence.dim() == 2, name, " must have shape [T, M], got ", sequence.sizes());
-  TORCH_CHECK(sequence.is_contiguous(), name, " must be contiguous");
-  switch (sequence.scalar_type()) {
-    case at::kFloat:
-      return ElementType::kFloat32;
-    case at::kHalf:
-      return ElementType::kFloat16;
-    case at::kBFloat16:
-      return ElementType::kBFloat16;
-    default:
-      TORCH_CHECK(false, name, " must be float32, float16 or bfloat16, got ",
-                  sequence.scalar_type());
-  }
-}
-
-// A contiguous tensor on the sequence's device with the given dtype and sizes.
-void check_companion(const at::Tensor& tensor, const char* name, const at::Tensor& sequence,
-                     at::ScalarType dtype, at::IntArrayRef sizes) {
-  TORCH_CHECK(tensor.device() == sequence.device() && tensor.scalar_type() == dtype &&
-                  tensor.sizes() == sizes && tensor.is_contiguous(),
-              name, " must be a contiguous ", dtype, " tensor of shape ", sizes, " on ",
-              sequence.device(), ", got a ", tensor.scalar_type(), " tensor of shape ",
-              tensor.sizes(), " on ", tensor.device());
-}
-
-const void* check_optional(const std::optional<at::Tensor>& tensor, const char* name,
-                           const at::Tensor& sequence, at::IntArrayRef sizes) {
-  if (!tensor.has_value()) return nullptr;
-  check_companion(*tensor, name, sequence, sequence.scalar_type(), sizes);
-  return tensor->const_data_ptr();
-}
 
 // The membrane output (and its gradient): every step's [T, M], or the last step's [M].
 std::vector<int64_t> mem_sizes(const at::Tensor& sequence, bool output_mem_seq) {
@@ -67,22 +33,6 @@ ResetMechanism check_reset(int64_t reset_mechanism) {
   return static_cast<ResetMechanism>(reset_mechanism);
 }
 
-StateMode check_state_mode(int64_t state_mode) {
-  TORCH_CHECK(state_mode >= 0 && state_mode <= 3,
-              "state_mode must be 0 (none), 1 (float32 mem), 2 (bfloat16 compact margin) or 3 "
-              "(recompute from x_seq), got ",
-              state_mode);
-  return static_cast<StateMode>(state_mode);
-}
-
-bool saves_membrane(StateMode mode) {
-  return mode == StateMode::kFloat32Charge || mode == StateMode::kBFloat16Margin;
-}
-
-at::ScalarType state_dtype(StateMode mode) {
-  return mode == StateMode::kBFloat16Margin ? at::kBFloat16 : at::kFloat;
-}
-
 // beta (one float32 value or M of them) and the threshold (one float32 value) stay on the device:
 // the kernels read them, so no host round trip is needed.
 LeakyConfig make_config(const at::Tensor& sequence, ElementType element_type,
@@ -90,8 +40,8 @@ LeakyConfig make_config(const at::Tensor& sequence, ElementType element_type,
                         int64_t reset_mechanism, StateMode mode, bool output_mem_seq) {
   const int64_t num_neurons = sequence.size(1);
   const bool per_neuron_beta = beta.numel() != 1;
-  check_companion(beta, "beta", sequence, at::kFloat, {per_neuron_beta ? num_neurons : 1});
-  check_companion(threshold, "threshold", sequence, at::kFloat, {1});
+  check_tensor(beta, "beta", sequence, at::kFloat, {per_neuron_beta ? num_neurons : 1});
+  check_tensor(threshold, "threshold", sequence, at::kFloat, {1});
   return {sequence.size(0),
           num_neurons,
           element_type,
@@ -103,13 +53,6 @@ LeakyConfig make_config(const at::Tensor& sequence, ElementType element_type,
           threshold.const_data_ptr<float>()};
 }
 
-int multiprocessor_count(const at::Tensor& on_device) {
-  int count = 0;
-  C10_CUDA_CHECK(
-      cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, on_device.get_device()));
-  return count;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> leaky_forward_cuda(
     const at::Tensor& x_seq, const std::optional<at::Tensor>& mem_init, const at::Tensor& beta,
     const at::Tensor& threshold, int64_t reset_mechanism, bool output_mem_seq,
@@ -117,19 +60,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> leaky_forward_cuda(
   const ElementType element_type = check_sequence(x_seq, "x_seq");
   const int64_t num_steps = x_seq.size(0);
   const int64_t num_neurons = x_seq.size(1);
-  const StateMode mode = check_state_mode(state_mode);
+  const StateMode mode = check_state_mode(state_mode, "float32 mem", "bfloat16 compact margin");
   LeakyForwardArgs args{};
   args.config =
       make_config(x_seq, element_type, beta, threshold, reset_mechanism, mode, output_mem_seq);
-  args.mem_init = check_optional(mem_init, "mem_init", x_seq, {num_neurons});
+  args.mem_init = check_optional_tensor(mem_init, "mem_init", x_seq, {num_neurons});
 
   const c10::cuda::CUDAGuard device_guard(x_seq.device());
   at::Tensor spike_seq = at::empty({num_steps, num_neurons}, x_seq.options());
   at::Tensor mem_out = at::empty(mem_sizes(x_seq, output_mem_seq), x_seq.options());
-  at::Tensor state =
-      saves_membrane(mode)
-          ? at::empty({num_steps, num_neurons}, x_seq.options().dtype(state_dtype(mode)))
-          : at::empty({0}, x_seq.options().dtype(at::kFloat));
+  at::Tensor state = new_state(x_seq, mode);
   if (num_steps == 0 || num_neurons == 0) {
     // No step taken: the last membrane is the initial one (zeros without mem_init).
     if (!output_mem_seq) {
@@ -145,7 +85,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> leaky_forward_cuda(
   args.x_seq = x_seq.const_data_ptr();
   args.spike_seq = spike_seq.mutable_data_ptr();
   args.mem_out = mem_out.mutable_data_ptr();
-  args.state = saves_membrane(mode) ? state.mutable_data_ptr() : nullptr;
+  args.state = saves_state(mode) ? state.mutable_data_ptr() : nullptr;
   const LaunchPlan plan = plan_leaky_forward(args, multiprocessor_count(x_seq));
   launch_leaky_forward(args, plan, c10::cuda::getCurrentCUDAStream(x_seq.get_device()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -160,27 +100,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> leaky_backward_cuda(
   const ElementType element_type = check_sequence(grad_spike, "grad_spike");
   const int64_t num_steps = grad_spike.size(0);
   const int64_t num_neurons = grad_spike.size(1);
-  const StateMode mode = check_state_mode(state_mode);
-  TORCH_CHECK(mode != StateMode::kNone,
-              "leaky_backward needs the state saved by forward: state_mode must be 1, 2 or 3");
-  if (mode == StateMode::kRecompute) {
-    check_companion(state, "state (x_seq in state_mode 3)", grad_spike, grad_spike.scalar_type(),
-                    {num_steps, num_neurons});
-    TORCH_CHECK(num_steps <= kMaxRecomputeSteps, "state_mode 3 (recompute) supports at most ",
-                kMaxRecomputeSteps, " steps, got T = ", num_steps, "; save the membrane (mode 1)");
-  } else {
-    check_companion(state, "state", grad_spike, state_dtype(mode), {num_steps, num_neurons});
-  }
-  TORCH_CHECK(surrogate >= 0 && surrogate < kNumSurrogates, "surrogate must be an id in [0, ",
-              kNumSurrogates, "), got ", surrogate);
+  const StateMode mode = check_state_mode(state_mode, "float32 mem", "bfloat16 compact margin");
+  check_backward_state(state, mode, grad_spike, "leaky_backward", "save the membrane (mode 1)");
+  const Surrogate surrogate_id = check_surrogate(surrogate);
   LeakyBackwardArgs args{};
   args.config =
       make_config(grad_spike, element_type, beta, threshold, reset_mechanism, mode, output_mem_seq);
-  args.surrogate = static_cast<Surrogate>(surrogate);
+  args.surrogate = surrogate_id;
   args.alpha = static_cast<float>(alpha);
-  args.grad_mem =
-      check_optional(grad_mem, "grad_mem", grad_spike, mem_sizes(grad_spike, output_mem_seq));
-  args.mem_init = check_optional(mem_init, "mem_init", grad_spike, {num_neurons});
+  args.grad_mem = check_optional_tensor(grad_mem, "grad_mem", grad_spike,
+                                        mem_sizes(grad_spike, output_mem_seq));
+  args.mem_init = check_optional_tensor(mem_init, "mem_init", grad_spike, {num_neurons});
 
   const c10::cuda::CUDAGuard device_guard(grad_spike.device());
   const auto float_options = grad_spike.options().dtype(at::kFloat);

@@ -8,15 +8,15 @@
 #include <cuda_runtime_api.h>
 
 #include "common/surrogate.h"
-#include "neuron/neuron_ops.h"  // ElementType, StateMode, kMaxRecomputeSteps, LaunchPlan
+#include "common/multistep.h"  // ElementType, StateMode, kMaxRecomputeSteps, LaunchPlan
 
 namespace spikekern {
 
 // snnTorch's SpikingNeuron.reset_dict ids.
 enum class ResetMechanism : int { kSubtract = 0, kZero = 1, kNone = 2 };
 
-// Everything that defines the dynamics, shared by forward and backward. The state modes are the
-// neuron ops' (StateMode), except that kFloat32Charge saves the membrane mem[t] and kBFloat16Margin
+// Everything that defines the dynamics, shared by forward and backward. In the state modes
+// (StateMode), kFloat32Charge saves the membrane mem[t] and kBFloat16Margin
 // saves mem[t] - threshold with its sign bit set exactly where the neuron did not fire.
 struct LeakyConfig {
   int64_t num_steps;    // T

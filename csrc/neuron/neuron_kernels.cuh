@@ -21,38 +21,12 @@
 
 #include "common/dispatch.h"
 #include "common/elementwise.cuh"
+#include "common/multistep.cuh"
 #include "common/reduce.cuh"
 #include "common/surrogate.cuh"
 #include "neuron/neuron_ops.h"
 
 namespace spikekern {
-
-constexpr int kBlockSize = 128;
-// Caps registers at 64 per thread: at least 1024 resident threads per SM, enough loads in flight
-// to saturate HBM. (Without a minimum, ptxas spills a few bytes in some instantiations.)
-constexpr int kMinBlocksPerMultiprocessor = 8;
-// Grid cap, in blocks per SM: at least 4 waves of resident blocks, so that the block scheduler
-// evens out the tail, while plif_partials (one float per block) stays short. Larger problems loop.
-constexpr int kMaxGridBlocksPerMultiprocessor = 64;
-// Recomputing backward keeps a [T][group width][kBlockSize] float32 tile of charges in shared
-// memory; at most 4 neurons per thread keep it within the 48 KB a block gets without opting in.
-constexpr int kMaxRecomputeGroupWidth = 4;
-static_assert(kMaxRecomputeSteps * kMaxRecomputeGroupWidth * kBlockSize * sizeof(float) <=
-              48 * 1024);
-
-// Neurons per thread: a 16-byte pack of x's dtype (capped when recomputing), or 1 when the
-// tensors' shape or alignment does not allow packs.
-constexpr int group_width(int element_bytes, bool vectorized, bool recompute) {
-  const int pack = kPackBytes / element_bytes;
-  if (!vectorized) return 1;
-  return recompute && pack > kMaxRecomputeGroupWidth ? kMaxRecomputeGroupWidth : pack;
-}
-
-// Element type of the state: forward's output, backward's input (x_seq itself when recomputing).
-template <typename scalar_t, StateMode kMode>
-using StateElement = std::conditional_t<
-    kMode == StateMode::kBFloat16Margin, __nv_bfloat16,
-    std::conditional_t<kMode == StateMode::kRecompute, scalar_t, float>>;
 
 // -------------------------------------------------------------------------------------------------
 // Neuron dynamics.
@@ -156,21 +130,11 @@ __device__ __forceinline__ void forward_step(const NeuronT& neuron, float (&v)[N
   }
 }
 
-// One saved step decoded: the charge H, H - v_threshold, and the spike, which must equal forward's.
-struct SavedStep {
-  float h;
-  float margin;
-  float spike;
-};
-
 // `saved` is H - v_threshold (widened from bfloat16) in compact mode, H otherwise.
 template <StateMode kStateMode>
 __device__ __forceinline__ SavedStep decode_saved_step(float saved, float v_threshold) {
   if constexpr (kStateMode == StateMode::kBFloat16Margin) {
-    // Rounding to bfloat16 never flips the sign, so the spike is exact (a NaN never fired); H is
-    // approximate.
-    const bool spike = !signbit(saved) && !isnan(saved);
-    return {saved + v_threshold, saved, spike ? 1.0f : 0.0f};
+    return decode_compact_margin(saved, v_threshold);
   } else {
     const float margin = __fsub_rn(saved, v_threshold);
     return {saved, margin, fires(margin)};
@@ -181,17 +145,6 @@ __device__ __forceinline__ SavedStep decode_saved_step(float saved, float v_thre
 // Kernels. A group is kVec consecutive neurons m .. m + kVec - 1, whose elements of step t start
 // at t * M + m. Each thread loads the next step's input before computing the current one, so that
 // two loads per thread are in flight.
-
-// V[-1]: v_init, or v_reset when there is none.
-template <typename scalar_t, int N>
-__device__ __forceinline__ void load_initial_membrane(const scalar_t* v_init, int64_t m,
-                                                      float v_reset, float (&v)[N]) {
-  if (v_init != nullptr) {
-    load_pack(v_init + m, v);
-  } else {
-    fill(v, v_reset);
-  }
-}
 
 template <typename scalar_t, NeuronKind kKind, bool kDecayInput, bool kSoftReset,
           StateMode kStateMode, int kVec>
@@ -248,11 +201,10 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerMultiprocessor)
   static_assert(kStateMode != StateMode::kNone, "backward needs a state");
   constexpr bool kPLIF = kKind == NeuronKind::kPLIF;
   constexpr bool kRecompute = kStateMode == StateMode::kRecompute;
-  // kRecompute: H[t] of element i of this thread's group is at [(t * kVec + i) * kBlockSize +
-  // threadIdx.x]. Only its own thread touches a slot, so no barrier is needed.
+  // kRecompute: H[t] of every step, in shared memory (recompute_slot).
   extern __shared__ float recomputed_charges[];
   const auto charge_slot = [&](int64_t t, int i) -> float& {
-    return recomputed_charges[(t * kVec + i) * kBlockSize + threadIdx.x];
+    return recompute_slot<kVec>(recomputed_charges, t, i);
   };
   // The state of step t, as floats: H, H - v_threshold (compact mode), or the recomputed H.
   const auto load_saved = [&](int64_t t, int64_t m, float(&saved)[kVec]) {
@@ -375,40 +327,6 @@ void dispatch_neuron(const NeuronConfig& config, Body&& body) {
   });
 }
 
-// What forward writes: in recompute mode, like kNone, nothing.
-template <typename Body>
-void dispatch_forward_state_mode(StateMode mode, Body&& body) {
-  switch (mode) {
-    case StateMode::kNone:
-    case StateMode::kRecompute:
-      body(Constant<StateMode::kNone>{});
-      break;
-    case StateMode::kFloat32Charge:
-      body(Constant<StateMode::kFloat32Charge>{});
-      break;
-    case StateMode::kBFloat16Margin:
-      body(Constant<StateMode::kBFloat16Margin>{});
-      break;
-  }
-}
-
-// What backward reads (the op rejects StateMode::kNone).
-template <typename Body>
-void dispatch_backward_state_mode(StateMode mode, Body&& body) {
-  switch (mode) {
-    case StateMode::kNone:
-    case StateMode::kFloat32Charge:
-      body(Constant<StateMode::kFloat32Charge>{});
-      break;
-    case StateMode::kBFloat16Margin:
-      body(Constant<StateMode::kBFloat16Margin>{});
-      break;
-    case StateMode::kRecompute:
-      body(Constant<StateMode::kRecompute>{});
-      break;
-  }
-}
-
 template <typename scalar_t>
 void launch_neuron_forward_typed(const NeuronForwardArgs& args, const LaunchPlan& plan,
                                  cudaStream_t stream) {
@@ -445,8 +363,7 @@ void launch_neuron_backward_typed(const NeuronBackwardArgs& args, const LaunchPl
           constexpr bool kRecompute = kStateMode == StateMode::kRecompute;
           constexpr int kVec =
               group_width(sizeof(scalar_t), decltype(vectorized)::value, kRecompute);
-          const size_t shared_bytes =
-              kRecompute ? config.num_steps * kVec * kBlockSize * sizeof(float) : 0;
+          const size_t shared_bytes = recompute_shared_bytes<kVec>(kRecompute, config.num_steps);
           neuron_backward_kernel<scalar_t, decltype(kind)::value, decltype(decay_input)::value,
                                  decltype(soft_reset)::value, decltype(detach_reset)::value,
                                  kStateMode, kVec>

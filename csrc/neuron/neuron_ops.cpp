@@ -14,6 +14,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "common/multistep_ops.h"
 #include "neuron/neuron_ops.h"
 
 namespace spikekern {
@@ -22,62 +23,10 @@ namespace {
 using ForwardOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using BackwardOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-ElementType check_element_type(const at::Tensor& tensor, const char* name) {
-  const at::ScalarType dtype = tensor.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, name,
-              " must be float32, float16 or bfloat16, got ", dtype);
-  return dtype == at::kFloat  ? ElementType::kFloat32
-         : dtype == at::kHalf ? ElementType::kFloat16
-                              : ElementType::kBFloat16;
-}
-
-// The [T, M] input that fixes device, dtype and shape for every other tensor.
-void check_sequence(const at::Tensor& sequence, const char* name) {
-  TORCH_CHECK(sequence.is_cuda(), name, " must be a CUDA tensor, got device ", sequence.device());
-  TORCH_CHECK(sequence.dim() == 2, name, " must have shape [T, M], got ", sequence.sizes());
-  TORCH_CHECK(sequence.is_contiguous(), name, " must be contiguous");
-}
-
-void check_tensor(const at::Tensor& tensor, const char* name, const at::Tensor& sequence,
-                  at::ScalarType dtype, at::IntArrayRef sizes) {
-  TORCH_CHECK(tensor.device() == sequence.device(), name, " must be on ", sequence.device(),
-              ", got ", tensor.device());
-  TORCH_CHECK(tensor.scalar_type() == dtype, name, " must have dtype ", dtype, ", got ",
-              tensor.scalar_type());
-  TORCH_CHECK(tensor.sizes() == sizes, name, " must have shape ", sizes, ", got ", tensor.sizes());
-  TORCH_CHECK(tensor.is_contiguous(), name, " must be contiguous");
-}
-
-void check_optional_tensor(const std::optional<at::Tensor>& tensor, const char* name,
-                           const at::Tensor& sequence, at::IntArrayRef sizes) {
-  if (tensor.has_value()) check_tensor(*tensor, name, sequence, sequence.scalar_type(), sizes);
-}
-
-const void* data_or_null(const std::optional<at::Tensor>& tensor) {
-  return tensor.has_value() ? tensor->const_data_ptr() : nullptr;
-}
-
 NeuronKind check_neuron_kind(int64_t neuron_kind) {
   TORCH_CHECK(neuron_kind >= 0 && neuron_kind <= 2,
               "neuron_kind must be 0 (IF), 1 (LIF) or 2 (PLIF), got ", neuron_kind);
   return static_cast<NeuronKind>(neuron_kind);
-}
-
-StateMode check_state_mode(int64_t state_mode) {
-  TORCH_CHECK(state_mode >= 0 && state_mode <= 3,
-              "state_mode must be 0 (none), 1 (float32 H), 2 (bfloat16 H - v_threshold) or 3 "
-              "(recompute from x_seq), got ",
-              state_mode);
-  return static_cast<StateMode>(state_mode);
-}
-
-// Modes 1 and 2 save a [T, M] state; 0 and 3 save nothing.
-bool saves_charge(StateMode mode) {
-  return mode == StateMode::kFloat32Charge || mode == StateMode::kBFloat16Margin;
-}
-
-at::ScalarType charge_dtype(StateMode mode) {
-  return mode == StateMode::kBFloat16Margin ? at::kBFloat16 : at::kFloat;
 }
 
 // PLIF's k = sigmoid(w), read by the kernels from device memory (no host round trip).
@@ -96,34 +45,23 @@ const float* check_decay(const std::optional<at::Tensor>& decay, NeuronKind kind
   return decay->const_data_ptr<float>();
 }
 
-int multiprocessor_count(const at::Tensor& on_device) {
-  int count = 0;
-  C10_CUDA_CHECK(
-      cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, on_device.get_device()));
-  return count;
-}
-
 ForwardOutputs neuron_forward_cuda(const at::Tensor& x_seq, const std::optional<at::Tensor>& v_init,
                                    const std::optional<at::Tensor>& decay, int64_t neuron_kind,
                                    double tau, bool decay_input, double v_threshold,
                                    double v_reset, bool soft_reset, bool store_v_seq,
                                    int64_t state_mode) {
-  check_sequence(x_seq, "x_seq");
-  const ElementType element_type = check_element_type(x_seq, "x_seq");
+  const ElementType element_type = check_sequence(x_seq, "x_seq");
   const int64_t num_steps = x_seq.size(0);
   const int64_t num_neurons = x_seq.size(1);
-  check_optional_tensor(v_init, "v_init", x_seq, {num_neurons});
+  const void* v_init_data = check_optional_tensor(v_init, "v_init", x_seq, {num_neurons});
   const NeuronKind kind = check_neuron_kind(neuron_kind);
   const float* decay_data = check_decay(decay, kind, x_seq);
-  const StateMode mode = check_state_mode(state_mode);
+  const StateMode mode = check_state_mode(state_mode, "float32 H", "bfloat16 H - v_threshold");
 
   const c10::cuda::CUDAGuard device_guard(x_seq.device());
   at::Tensor spike_seq = at::empty({num_steps, num_neurons}, x_seq.options());
   at::Tensor v_last = at::empty({num_neurons}, x_seq.options());
-  at::Tensor state =
-      saves_charge(mode)
-          ? at::empty({num_steps, num_neurons}, x_seq.options().dtype(charge_dtype(mode)))
-          : at::empty({0}, x_seq.options().dtype(at::kFloat));
+  at::Tensor state = new_state(x_seq, mode);
   at::Tensor v_seq = store_v_seq ? at::empty({num_steps, num_neurons}, x_seq.options())
                                  : at::empty({0}, x_seq.options());
   if (num_steps == 0 || num_neurons == 0) {
@@ -149,10 +87,10 @@ ForwardOutputs neuron_forward_cuda(const at::Tensor& x_seq, const std::optional<
                  static_cast<float>(v_reset),
                  decay_data};
   args.x_seq = x_seq.const_data_ptr();
-  args.v_init = data_or_null(v_init);
+  args.v_init = v_init_data;
   args.spike_seq = spike_seq.mutable_data_ptr();
   args.v_last = v_last.mutable_data_ptr();
-  args.state = saves_charge(mode) ? state.mutable_data_ptr() : nullptr;
+  args.state = saves_state(mode) ? state.mutable_data_ptr() : nullptr;
   args.v_seq = store_v_seq ? v_seq.mutable_data_ptr() : nullptr;
 
   const LaunchPlan plan = plan_neuron_forward(args, multiprocessor_count(x_seq));
@@ -170,28 +108,19 @@ BackwardOutputs neuron_backward_cuda(const at::Tensor& grad_spike,
                                      double tau, bool decay_input, double v_threshold,
                                      double v_reset, bool soft_reset, bool detach_reset,
                                      int64_t surrogate, double alpha, int64_t state_mode) {
-  check_sequence(grad_spike, "grad_spike");
-  const ElementType element_type = check_element_type(grad_spike, "grad_spike");
+  const ElementType element_type = check_sequence(grad_spike, "grad_spike");
   const int64_t num_steps = grad_spike.size(0);
   const int64_t num_neurons = grad_spike.size(1);
-  check_optional_tensor(grad_v_last, "grad_v_last", grad_spike, {num_neurons});
-  check_optional_tensor(grad_v_seq, "grad_v_seq", grad_spike, {num_steps, num_neurons});
-  check_optional_tensor(v_init, "v_init", grad_spike, {num_neurons});
+  const void* grad_v_last_data =
+      check_optional_tensor(grad_v_last, "grad_v_last", grad_spike, {num_neurons});
+  const void* grad_v_seq_data =
+      check_optional_tensor(grad_v_seq, "grad_v_seq", grad_spike, {num_steps, num_neurons});
+  const void* v_init_data = check_optional_tensor(v_init, "v_init", grad_spike, {num_neurons});
   const NeuronKind kind = check_neuron_kind(neuron_kind);
   const float* decay_data = check_decay(decay, kind, grad_spike);
-  const StateMode mode = check_state_mode(state_mode);
-  TORCH_CHECK(mode != StateMode::kNone,
-              "neuron_backward needs the state saved by forward: state_mode must be 1, 2 or 3");
-  if (mode == StateMode::kRecompute) {
-    check_tensor(state, "state (x_seq in state_mode 3)", grad_spike, grad_spike.scalar_type(),
-                 {num_steps, num_neurons});
-    TORCH_CHECK(num_steps <= kMaxRecomputeSteps, "state_mode 3 (recompute) supports at most ",
-                kMaxRecomputeSteps, " steps, got T = ", num_steps, "; save the charge (mode 1)");
-  } else {
-    check_tensor(state, "state", grad_spike, charge_dtype(mode), {num_steps, num_neurons});
-  }
-  TORCH_CHECK(surrogate >= 0 && surrogate < kNumSurrogates, "surrogate must be an id in [0, ",
-              kNumSurrogates, "), got ", surrogate);
+  const StateMode mode = check_state_mode(state_mode, "float32 H", "bfloat16 H - v_threshold");
+  check_backward_state(state, mode, grad_spike, "neuron_backward", "save the charge (mode 1)");
+  const Surrogate surrogate_id = check_surrogate(surrogate);
 
   const c10::cuda::CUDAGuard device_guard(grad_spike.device());
   const auto float_options = grad_spike.options().dtype(at::kFloat);
@@ -218,13 +147,13 @@ BackwardOutputs neuron_backward_cuda(const at::Tensor& grad_spike,
                  static_cast<float>(v_reset),
                  decay_data};
   args.detach_reset = detach_reset;
-  args.surrogate = static_cast<Surrogate>(surrogate);
+  args.surrogate = surrogate_id;
   args.alpha = static_cast<float>(alpha);
   args.grad_spike = grad_spike.const_data_ptr();
-  args.grad_v_last = data_or_null(grad_v_last);
-  args.grad_v_seq = data_or_null(grad_v_seq);
+  args.grad_v_last = grad_v_last_data;
+  args.grad_v_seq = grad_v_seq_data;
   args.state = state.const_data_ptr();
-  args.v_init = data_or_null(v_init);
+  args.v_init = v_init_data;
   args.grad_x = grad_x.mutable_data_ptr();
   args.grad_v_init = grad_v_init.mutable_data_ptr();
 

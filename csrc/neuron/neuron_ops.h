@@ -7,23 +7,12 @@
 
 #include <cuda_runtime_api.h>
 
+#include "common/multistep.h"  // ElementType, StateMode, kMaxRecomputeSteps, LaunchPlan
 #include "common/surrogate.h"
 
 namespace spikekern {
 
 enum class NeuronKind : int { kIF = 0, kLIF = 1, kPLIF = 2 };
-
-// What forward saves for backward, per element and step.
-enum class StateMode : int {
-  kNone = 0,            // nothing (no gradient needed)
-  kFloat32Charge = 1,   // H[t] in float32
-  kBFloat16Margin = 2,  // H[t] - v_threshold in bfloat16
-  kRecompute = 3,       // nothing: backward gets x_seq as its state and re-runs the forward
-};
-// Recomputing backward keeps the charges of all steps on chip (shared memory), which bounds T.
-constexpr int64_t kMaxRecomputeSteps = 16;
-
-enum class ElementType : int { kFloat32, kFloat16, kBFloat16 };
 
 // Everything that defines the neuron dynamics, shared by forward and backward.
 struct NeuronConfig {
@@ -64,13 +53,6 @@ struct NeuronBackwardArgs {
   void* grad_x;             // [T, M]
   void* grad_v_init;        // [M]
   float* plif_partials;     // [LaunchPlan::num_blocks] for PLIF, nullptr otherwise
-};
-
-// Grid shape chosen from the problem size, the pointers' alignment and the device; backward's
-// plif_partials holds one float per block, so the caller allocates it from num_blocks.
-struct LaunchPlan {
-  bool vectorized;  // packs of neurons per thread (see group_width) instead of single elements
-  int64_t num_blocks;
 };
 
 LaunchPlan plan_neuron_forward(const NeuronForwardArgs& args, int multiprocessor_count);

@@ -11,42 +11,31 @@ import torch
 from torch import Tensor
 
 from ._dispatch import check_backend_name, select_backend
-from .neuron import (
-    RECOMPUTE_MAX_STEPS,
+from ._multistep import (
     STATE_BF16,
     STATE_FLOAT,
     STATE_INPUT,
     STATE_NONE,
-    _as_row,
-    _as_rows,
-    _check_bool,
-    _check_finite_float,
-    _check_tensors,
-    _compute_dtype,
-    _state_dtype,
-    _state_shape,
+    as_row,
+    as_rows,
+    check_bool,
+    check_finite_float,
+    check_initial_membrane,
+    check_input_sequence,
+    check_tensor_argument,
+    choose_state_mode,
+    compute_dtype,
+    needs_grad,
+    new_state,
+    run,
+    state_dtype,
+    state_shape,
 )
 from .surrogate import resolve_surrogate, surrogate_gradient
 
 # snnTorch's SpikingNeuron.reset_dict: the same names and ids.
 RESET_SUBTRACT, RESET_ZERO, RESET_NONE = 0, 1, 2
 RESET_MECHANISMS = {"subtract": RESET_SUBTRACT, "zero": RESET_ZERO, "none": RESET_NONE}
-
-
-def new_state(x_seq, state_mode):
-    """The forward's saved state: ``[T, ...]`` membranes in modes 1 and 2, empty otherwise."""
-    return torch.empty(
-        _state_shape(x_seq.shape, state_mode), dtype=_state_dtype(x_seq.dtype, state_mode), device=x_seq.device
-    )
-
-
-def choose_state_mode(needs_grad, compact_state, steps):
-    """What the forward saves for backward: nothing, 16 bits, the input itself (recompute) or 32 bits."""
-    if not needs_grad:
-        return STATE_NONE
-    if compact_state:
-        return STATE_BF16
-    return STATE_INPUT if steps <= RECOMPUTE_MAX_STEPS else STATE_FLOAT
 
 
 def mem_output_shape(x_shape, output_mem_seq):
@@ -87,25 +76,25 @@ def _compact_margin(margin):
     return torch.where(margin > 0, margin, -margin.abs())
 
 
-def _unpack_state(state, state_mode, threshold, compute_dtype):
+def _unpack_state(state, state_mode, threshold, cdtype):
     """(membrane, membrane - threshold, spike) of every step, from the saved state."""
     if state_mode == STATE_FLOAT:
         mem = state
         margin = mem - threshold
         spike = margin > 0
     else:
-        margin = state.to(compute_dtype)
+        margin = state.to(cdtype)
         mem = margin + threshold
         spike = ~torch.signbit(margin) & ~torch.isnan(margin)
-    return mem, margin, spike.to(compute_dtype)
+    return mem, margin, spike.to(cdtype)
 
 
 def reference_forward(x_seq, mem_init, beta, threshold, reset_mechanism, output_mem_seq, state_mode):
-    compute_dtype = _compute_dtype(x_seq.dtype)
-    x = x_seq.to(compute_dtype)
-    mem = _initial_membrane(mem_init, x.shape[1:], compute_dtype, x.device)
-    decay = _decay(beta, compute_dtype)
-    threshold = threshold.to(compute_dtype)
+    cdtype = compute_dtype(x_seq.dtype)
+    x = x_seq.to(cdtype)
+    mem = _initial_membrane(mem_init, x.shape[1:], cdtype, x.device)
+    decay = _decay(beta, cdtype)
+    threshold = threshold.to(cdtype)
     spikes = torch.empty_like(x_seq)
     mem_seq = torch.empty(x.shape if output_mem_seq else (0,), dtype=x_seq.dtype, device=x.device)
     state = new_state(x_seq, state_mode)
@@ -127,34 +116,34 @@ def reference_backward(
     state_mode, beta_grad, threshold_grad,
 ):  # fmt: skip
     x_dtype = grad_spike.dtype
-    compute_dtype = _compute_dtype(x_dtype)
+    cdtype = compute_dtype(x_dtype)
     if state_mode == STATE_INPUT:
         _, _, state = reference_forward(state, mem_init, beta, threshold, reset_mechanism, False, STATE_FLOAT)
         state_mode = STATE_FLOAT
-    decay = _decay(beta, compute_dtype)
-    threshold = threshold.to(compute_dtype)
-    mem_seq, margin_seq, spike_seq = _unpack_state(state, state_mode, threshold, compute_dtype)
-    mem_first = _initial_membrane(mem_init, grad_spike.shape[1:], compute_dtype, grad_spike.device)
+    decay = _decay(beta, cdtype)
+    threshold = threshold.to(cdtype)
+    mem_seq, margin_seq, spike_seq = _unpack_state(state, state_mode, threshold, cdtype)
+    mem_first = _initial_membrane(mem_init, grad_spike.shape[1:], cdtype, grad_spike.device)
     # Step t starts from mem[t-1] and resets on its spike (for t = 0: the initial membrane's).
     mem_prev_seq = torch.cat([mem_first[None], mem_seq])[:-1]
-    reset_seq = torch.cat([(mem_first - threshold > 0).to(compute_dtype)[None], spike_seq])[:-1]
+    reset_seq = torch.cat([(mem_first - threshold > 0).to(cdtype)[None], spike_seq])[:-1]
     if reset_mechanism == RESET_ZERO:
         mem_prev_seq = (1 - reset_seq) * mem_prev_seq  # d mem[t] / d decay
         carry_factor_seq = decay * (1 - reset_seq)  # d mem[t] / d mem[t-1]
     else:
         carry_factor_seq = decay.expand(mem_seq.shape)
-    grad_from_spike_seq = grad_spike.to(compute_dtype) * surrogate_gradient(margin_seq, surrogate, alpha)
-    grad_carry = torch.zeros(grad_spike.shape[1:], dtype=compute_dtype, device=grad_spike.device)
+    grad_from_spike_seq = grad_spike.to(cdtype) * surrogate_gradient(margin_seq, surrogate, alpha)
+    grad_carry = torch.zeros(grad_spike.shape[1:], dtype=cdtype, device=grad_spike.device)
     if grad_mem is not None and not output_mem_seq:
-        grad_carry = grad_carry + grad_mem.to(compute_dtype)
+        grad_carry = grad_carry + grad_mem.to(cdtype)
     grad_mem_seq = torch.empty_like(grad_from_spike_seq)  # dL / d mem[t], all paths
     for t in range(grad_spike.shape[0] - 1, -1, -1):
         grad = grad_from_spike_seq[t] + grad_carry
         if grad_mem is not None and output_mem_seq:
-            grad = grad + grad_mem[t].to(compute_dtype)
+            grad = grad + grad_mem[t].to(cdtype)
         grad_mem_seq[t] = grad
         grad_carry = grad * carry_factor_seq[t]
-    not_requested = grad_spike.new_empty(0, dtype=compute_dtype)
+    not_requested = grad_spike.new_empty(0, dtype=cdtype)
     grad_decay = not_requested
     if beta_grad:
         grad_decay = (grad_mem_seq * mem_prev_seq).sum(0).reshape(-1)
@@ -173,22 +162,9 @@ def reference_backward(
 # Backends: each takes contiguous [T, M] views (the kernel contract in docs/leaky_op.md).
 # ----------------------------------------------------------------------------------------------
 
-_REFERENCE = {"leaky_forward": reference_forward, "leaky_backward": reference_backward}
-
-
-def _run(backend, name, *args):
-    if backend == "torch":
-        return _REFERENCE[name](*args)
-    if backend == "triton":
-        from .triton import leaky as triton_leaky  # imported late: TRITON_INTERPRET is read at import
-
-        return getattr(triton_leaky, name)(*args)
-    return getattr(torch.ops.spikekern_cuda, name)(*args)
-
-
 def _as_mem_rows(mem, steps, output_mem_seq):
     """The membrane output (or its gradient) as ``[T, M]`` or ``[M]``."""
-    return _as_rows(mem, steps) if output_mem_seq and mem is not None else _as_row(mem)
+    return as_rows(mem, steps) if output_mem_seq and mem is not None else as_row(mem)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,14 +187,14 @@ def leaky_forward(
     if x_seq.numel() == 0:
         return reference_forward(x_seq, mem_init, beta, threshold, reset_mechanism, output_mem_seq, state_mode)
     steps = x_seq.shape[0]
-    spikes, mem_out, state = _run(
-        select_backend(backend, x_seq), "leaky_forward", _as_rows(x_seq, steps),
-        _as_row(mem_init), _as_row(beta), threshold, reset_mechanism, output_mem_seq, state_mode,
+    spikes, mem_out, state = run(
+        select_backend(backend, x_seq), "leaky_forward", reference_forward, as_rows(x_seq, steps),
+        as_row(mem_init), as_row(beta), threshold, reset_mechanism, output_mem_seq, state_mode,
     )  # fmt: skip
     return (
         spikes.view(x_seq.shape),
         mem_out.view(mem_output_shape(x_seq.shape, output_mem_seq)),
-        state.view(_state_shape(x_seq.shape, state_mode)),
+        state.view(state_shape(x_seq.shape, state_mode)),
     )
 
 
@@ -227,7 +203,7 @@ def _(x_seq, mem_init, beta, threshold, reset_mechanism, surrogate, alpha, outpu
     return (
         x_seq.new_empty(x_seq.shape),
         x_seq.new_empty(mem_output_shape(x_seq.shape, output_mem_seq)),
-        x_seq.new_empty(_state_shape(x_seq.shape, state_mode), dtype=_state_dtype(x_seq.dtype, state_mode)),
+        x_seq.new_empty(state_shape(x_seq.shape, state_mode), dtype=state_dtype(x_seq.dtype, state_mode)),
     )
 
 
@@ -250,10 +226,10 @@ def leaky_backward(
         )
     else:
         steps = grad_spike.shape[0]
-        grad_x, grad_mem_init, decay_partials, threshold_partials = _run(
-            select_backend(backend, grad_spike), "leaky_backward", _as_rows(grad_spike, steps),
-            _as_mem_rows(grad_mem, steps, output_mem_seq), _as_rows(state, steps), _as_row(mem_init),
-            _as_row(beta), threshold, *args,
+        grad_x, grad_mem_init, decay_partials, threshold_partials = run(
+            select_backend(backend, grad_spike), "leaky_backward", reference_backward, as_rows(grad_spike, steps),
+            _as_mem_rows(grad_mem, steps, output_mem_seq), as_rows(state, steps), as_row(mem_init),
+            as_row(beta), threshold, *args,
         )  # fmt: skip
     grad_beta = beta.new_empty(0)
     if beta_grad:
@@ -310,22 +286,13 @@ leaky_forward.register_autograd(_backward, setup_context=_setup_context)
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_tensor_argument(name, value, x_seq):
-    if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if not value.dtype.is_floating_point:
-        raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
-    if value.device != x_seq.device:
-        raise ValueError(f"{name} is on {value.device} but x_seq is on {x_seq.device}")
-
-
 def _parameter_tensor(name, value, x_seq):
     """A float or a tensor as a tensor in the compute dtype (a differentiable cast), on x_seq's device."""
-    dtype = _compute_dtype(x_seq.dtype)
+    dtype = compute_dtype(x_seq.dtype)
     if isinstance(value, Tensor):
-        _check_tensor_argument(name, value, x_seq)
+        check_tensor_argument(name, value, x_seq)
         return value.to(dtype)
-    _check_finite_float(name, value)
+    check_finite_float(name, value)
     # torch.full, not torch.tensor: a fill kernel rather than a host-to-device copy (CUDA-graph safe).
     return torch.full((1,), float(value), dtype=dtype, device=x_seq.device)
 
@@ -353,17 +320,6 @@ def _threshold_argument(threshold, x_seq):
     if threshold.numel() != 1:
         raise ValueError(f"threshold must be a float or hold one value, got shape {tuple(threshold.shape)}")
     return threshold.reshape(1)
-
-
-def _mem_init_argument(mem_init, x_seq):
-    if mem_init is None:
-        return None
-    _check_tensor_argument("mem_init", mem_init, x_seq)
-    if mem_init.shape != x_seq.shape[1:]:
-        raise ValueError(
-            f"mem_init must have shape x_seq.shape[1:] = {tuple(x_seq.shape[1:])}, got {tuple(mem_init.shape)}"
-        )
-    return mem_init.to(x_seq.dtype)
 
 
 def _reset_mechanism_id(reset_mechanism):
@@ -401,19 +357,16 @@ def leaky_multistep(
     x_seq's dtype. Gradients flow to x_seq, mem_init, beta and threshold. Semantics, saved memory and
     the NaN/Inf policy: docs/leaky_op.md.
     """
-    _check_tensors(x_seq, None, None)
+    check_input_sequence(x_seq)
     beta = _beta_argument(beta, x_seq)
     threshold = _threshold_argument(threshold, x_seq)
-    mem_init = _mem_init_argument(mem_init, x_seq)
+    mem_init = check_initial_membrane("mem_init", mem_init, x_seq)
     reset_id = _reset_mechanism_id(reset_mechanism)
-    _check_bool("output_mem_seq", output_mem_seq)
-    _check_bool("compact_state", compact_state)
+    check_bool("output_mem_seq", output_mem_seq)
+    check_bool("compact_state", compact_state)
     check_backend_name(backend)
     surrogate_id, alpha = resolve_surrogate(surrogate, alpha)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x_seq, mem_init, beta, threshold)
-    )
-    state_mode = choose_state_mode(needs_grad, compact_state, x_seq.shape[0])
+    state_mode = choose_state_mode(needs_grad(x_seq, mem_init, beta, threshold), compact_state, x_seq.shape[0])
     spikes, mem, _ = torch.ops.spikekern.leaky_forward(
         x_seq, mem_init, beta, threshold, reset_id, surrogate_id, alpha, output_mem_seq, state_mode, backend or ""
     )

@@ -6,34 +6,36 @@ arguments and call it. The reference below is the specification (docs/neuron_ops
 and CUDA kernels implement the same contract on ``[T, M]`` views.
 """
 
-import math
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from ._dispatch import check_backend_name, select_backend
+from ._multistep import (
+    FLOATING_DTYPES,
+    STATE_BF16,
+    STATE_FLOAT,
+    STATE_INPUT,
+    STATE_NONE,
+    as_row,
+    as_rows,
+    check_bool,
+    check_finite_float,
+    check_initial_membrane,
+    check_input_sequence,
+    check_tensor_argument,
+    choose_state_mode,
+    compute_dtype,
+    needs_grad,
+    new_state,
+    run,
+    state_dtype,
+    state_shape,
+)
 from .surrogate import resolve_surrogate, surrogate_gradient
 
 NEURON_IF, NEURON_LIF, NEURON_PLIF = 0, 1, 2
-STATE_NONE, STATE_FLOAT, STATE_BF16, STATE_INPUT = 0, 1, 2, 3
-# Up to this many steps the backward kernels re-run the forward from the saved input in registers,
-# so the forward writes nothing but spikes; longer sequences save the charge instead.
-RECOMPUTE_MAX_STEPS = 16
-FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _compute_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _state_dtype(x_dtype, state_mode):
-    return torch.bfloat16 if state_mode == STATE_BF16 else _compute_dtype(x_dtype)
-
-
-def _state_shape(x_shape, state_mode):
-    """The forward writes a state only in the charge-saving modes; otherwise it returns an empty one."""
-    return x_shape if state_mode in (STATE_FLOAT, STATE_BF16) else (0,)
 
 
 def _v_seq_shape(x_shape, store_v_seq):
@@ -67,37 +69,37 @@ def _initial_v(v_init, shape, dtype, device, v_reset):
 
 def _decay_factor(w, x_dtype):
     """PLIF's ``k = sigmoid(w)``, computed in w's dtype like SpikingJelly, widened to the compute dtype."""
-    return torch.sigmoid(w).reshape(1).to(_compute_dtype(x_dtype))
+    return torch.sigmoid(w).reshape(1).to(compute_dtype(x_dtype))
 
 
-def _unpack_state(state, state_mode, v_threshold, compute_dtype):
+def _unpack_state(state, state_mode, v_threshold, cdtype):
     """(h, h - v_threshold, spike) recovered from the saved state."""
     if state_mode == STATE_FLOAT:
         h = state
         shifted = h - v_threshold
         spike = shifted >= 0
     else:
-        shifted = state.to(compute_dtype)
+        shifted = state.to(cdtype)
         h = shifted + v_threshold
         # Rounding to bfloat16 keeps the sign, so the sign bit is the spike (NaN never fired).
         spike = ~torch.signbit(shifted) & ~torch.isnan(shifted)
-    return h, shifted, spike.to(compute_dtype)
+    return h, shifted, spike.to(cdtype)
 
 
 def reference_forward(
     x_seq, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, store_v_seq, state_mode
 ):
-    compute_dtype = _compute_dtype(x_seq.dtype)
-    x = x_seq.to(compute_dtype)
-    v = _initial_v(v_init, x.shape[1:], compute_dtype, x.device, v_reset)
-    tau = torch.tensor(tau, dtype=compute_dtype, device=x.device)
-    decay = None if decay is None else decay.to(compute_dtype)
+    cdtype = compute_dtype(x_seq.dtype)
+    x = x_seq.to(cdtype)
+    v = _initial_v(v_init, x.shape[1:], cdtype, x.device, v_reset)
+    tau = torch.tensor(tau, dtype=cdtype, device=x.device)
+    decay = None if decay is None else decay.to(cdtype)
     spikes = torch.empty_like(x_seq)
-    state = torch.empty(_state_shape(x.shape, state_mode), dtype=_state_dtype(x_seq.dtype, state_mode), device=x.device)
+    state = new_state(x_seq, state_mode)
     v_seq = x_seq.new_empty(_v_seq_shape(x.shape, store_v_seq))
     for t in range(x.shape[0]):
         h = _charge(x[t], v, neuron_kind, tau, decay, decay_input, v_reset)
-        spike = (h - v_threshold >= 0).to(compute_dtype)
+        spike = (h - v_threshold >= 0).to(cdtype)
         v = _reset(h, spike, v_threshold, v_reset, soft_reset)
         spikes[t] = spike
         if store_v_seq:
@@ -114,29 +116,29 @@ def reference_backward(
     soft_reset, detach_reset, surrogate, alpha, state_mode,
 ):  # fmt: skip
     x_dtype = grad_spike.dtype
-    compute_dtype = _compute_dtype(x_dtype)
+    cdtype = compute_dtype(x_dtype)
     if state_mode == STATE_INPUT:
         _, _, state, _ = reference_forward(
             state, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, False, STATE_FLOAT
         )
         state_mode = STATE_FLOAT
-    h_seq, shifted_seq, spike_seq = _unpack_state(state, state_mode, v_threshold, compute_dtype)
+    h_seq, shifted_seq, spike_seq = _unpack_state(state, state_mode, v_threshold, cdtype)
     surrogate_seq = surrogate_gradient(shifted_seq, surrogate, alpha)
-    grad_spike = grad_spike.to(compute_dtype)
+    grad_spike = grad_spike.to(cdtype)
     shape = state.shape[1:]
-    grad_v = torch.zeros(shape, dtype=compute_dtype, device=state.device)
+    grad_v = torch.zeros(shape, dtype=cdtype, device=state.device)
     if grad_v_last is not None:
-        grad_v = grad_v + grad_v_last.to(compute_dtype)
-    k = 1.0 / tau if neuron_kind == NEURON_LIF else (decay.to(compute_dtype) if neuron_kind == NEURON_PLIF else 0.0)
+        grad_v = grad_v + grad_v_last.to(cdtype)
+    k = 1.0 / tau if neuron_kind == NEURON_LIF else (decay.to(cdtype) if neuron_kind == NEURON_PLIF else 0.0)
     grad_x = torch.empty_like(grad_spike)
-    plif_sum = torch.zeros((), dtype=compute_dtype, device=state.device)
+    plif_sum = torch.zeros((), dtype=cdtype, device=state.device)
     v_first = None
     if neuron_kind == NEURON_PLIF:
-        v_first = _initial_v(v_init, shape, compute_dtype, state.device, v_reset)
+        v_first = _initial_v(v_init, shape, cdtype, state.device, v_reset)
     for t in range(state.shape[0] - 1, -1, -1):
         h, spike, sg = h_seq[t], spike_seq[t], surrogate_seq[t]
         if grad_v_seq is not None:
-            grad_v = grad_v + grad_v_seq[t].to(compute_dtype)
+            grad_v = grad_v + grad_v_seq[t].to(cdtype)
         if soft_reset:
             dv_dh = 1.0 if detach_reset else 1.0 - v_threshold * sg
         else:
@@ -155,41 +157,6 @@ def reference_backward(
         grad_v = grad_h * (1.0 - k)
     plif_partials = plif_sum.reshape(1) if neuron_kind == NEURON_PLIF else grad_v.new_empty(0, dtype=torch.float32)
     return grad_x.to(x_dtype), grad_v.to(x_dtype), plif_partials
-
-
-# ----------------------------------------------------------------------------------------------
-# Backends: each takes contiguous [T, M] views (the kernel contract in docs/neuron_ops.md).
-# ----------------------------------------------------------------------------------------------
-
-
-def _triton_module():
-    from .triton import neuron as triton_neuron  # imported late: TRITON_INTERPRET is read at import
-
-    return triton_neuron
-
-
-def _run_forward(backend, *args):
-    if backend == "torch":
-        return reference_forward(*args)
-    if backend == "triton":
-        return _triton_module().neuron_forward(*args)
-    return torch.ops.spikekern_cuda.neuron_forward(*args)
-
-
-def _run_backward(backend, *args):
-    if backend == "torch":
-        return reference_backward(*args)
-    if backend == "triton":
-        return _triton_module().neuron_backward(*args)
-    return torch.ops.spikekern_cuda.neuron_backward(*args)
-
-
-def _as_rows(t, time_steps):
-    return t.contiguous().view(time_steps, -1)
-
-
-def _as_row(t):
-    return None if t is None else t.contiguous().view(-1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,13 +182,14 @@ def neuron_forward(
     args = (decay, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, store_v_seq, state_mode)
     if x_seq.numel() == 0:
         return reference_forward(x_seq, v_init, *args)
-    spikes, v_last, state, v_seq = _run_forward(
-        select_backend(backend, x_seq), _as_rows(x_seq, steps), _as_row(v_init), *args
-    )
+    spikes, v_last, state, v_seq = run(
+        select_backend(backend, x_seq), "neuron_forward", reference_forward, as_rows(x_seq, steps), as_row(v_init),
+        *args,
+    )  # fmt: skip
     return (
         spikes.view(x_seq.shape),
         v_last.view(x_seq.shape[1:]),
-        state.view(_state_shape(x_seq.shape, state_mode)),
+        state.view(state_shape(x_seq.shape, state_mode)),
         v_seq.view(_v_seq_shape(x_seq.shape, store_v_seq)),
     )
 
@@ -231,7 +199,7 @@ def _(x_seq, v_init, w, neuron_kind, tau, decay_input, v_threshold, v_reset, sof
     return (
         x_seq.new_empty(x_seq.shape),
         x_seq.new_empty(x_seq.shape[1:]),
-        x_seq.new_empty(_state_shape(x_seq.shape, state_mode), dtype=_state_dtype(x_seq.dtype, state_mode)),
+        x_seq.new_empty(state_shape(x_seq.shape, state_mode), dtype=state_dtype(x_seq.dtype, state_mode)),
         x_seq.new_empty(_v_seq_shape(x_seq.shape, store_v_seq)),
     )
 
@@ -258,10 +226,10 @@ def neuron_backward(
             grad_spike, grad_v_last, grad_v_seq, state, v_init, decay, *args
         )
     else:
-        grad_x, grad_v_init, plif_partials = _run_backward(
-            select_backend(backend, grad_spike), _as_rows(grad_spike, steps), _as_row(grad_v_last),
-            None if grad_v_seq is None else _as_rows(grad_v_seq, steps), _as_rows(state, steps), _as_row(v_init),
-            decay, *args,
+        grad_x, grad_v_init, plif_partials = run(
+            select_backend(backend, grad_spike), "neuron_backward", reference_backward, as_rows(grad_spike, steps),
+            as_row(grad_v_last), None if grad_v_seq is None else as_rows(grad_v_seq, steps), as_rows(state, steps),
+            as_row(v_init), decay, *args,
         )  # fmt: skip
     grad_x = grad_x.view(grad_spike.shape)
     grad_v_init = grad_v_init.view(grad_spike.shape[1:])
@@ -314,69 +282,31 @@ neuron_forward.register_autograd(_backward, setup_context=_setup_context)
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_finite_float(name, value, allow_none=False):
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-
-
-def _check_bool(name, value):
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-
-
 def _check_tensors(x_seq, v_init, w):
-    if not isinstance(x_seq, Tensor):
-        raise TypeError(f"x_seq must be a torch.Tensor, got {type(x_seq).__name__}")
-    if x_seq.dtype not in FLOATING_DTYPES:
-        raise TypeError(f"x_seq must be float16, bfloat16, float32 or float64, got {x_seq.dtype}")
-    if x_seq.dim() < 1:
-        raise ValueError("x_seq must have a leading time dimension: shape [T, N, *], got a 0-d tensor")
-    if v_init is not None:
-        if not isinstance(v_init, Tensor):
-            raise TypeError(f"v_init must be None or a torch.Tensor, got {type(v_init).__name__}")
-        if v_init.dtype not in FLOATING_DTYPES:
-            raise TypeError(f"v_init must be a floating-point tensor, got {v_init.dtype}")
-        if v_init.shape != x_seq.shape[1:]:
-            raise ValueError(f"v_init must have shape x_seq.shape[1:] = {tuple(x_seq.shape[1:])}, got {tuple(v_init.shape)}")
-        if v_init.device != x_seq.device:
-            raise ValueError(f"v_init is on {v_init.device} but x_seq is on {x_seq.device}")
+    """Checks the tensors; returns v_init in x_seq's dtype."""
+    check_input_sequence(x_seq)
+    v_init = check_initial_membrane("v_init", v_init, x_seq, "None or a torch.Tensor", FLOATING_DTYPES)
     if w is not None:
-        if not isinstance(w, Tensor):
-            raise TypeError(f"w must be a torch.Tensor, got {type(w).__name__}")
-        if w.dtype not in FLOATING_DTYPES:
-            raise TypeError(f"w must be a floating-point tensor, got {w.dtype}")
+        check_tensor_argument("w", w, x_seq, dtypes=FLOATING_DTYPES)
         if w.numel() != 1:
             raise ValueError(f"w must hold one value (the shared decay parameter), got shape {tuple(w.shape)}")
-        if w.device != x_seq.device:
-            raise ValueError(f"w is on {w.device} but x_seq is on {x_seq.device}")
+    return v_init
 
 
 def _neuron_multistep(
     x_seq, v_init, w, neuron_kind, tau, decay_input, v_threshold, v_reset, detach_reset, surrogate, alpha,
     store_v_seq, compact_state, backend,
 ):  # fmt: skip
-    _check_tensors(x_seq, v_init, w)
-    _check_finite_float("v_threshold", v_threshold)
-    _check_finite_float("v_reset", v_reset, allow_none=True)
-    _check_bool("decay_input", decay_input)
-    _check_bool("detach_reset", detach_reset)
-    _check_bool("store_v_seq", store_v_seq)
-    _check_bool("compact_state", compact_state)
+    v_init = _check_tensors(x_seq, v_init, w)
+    check_finite_float("v_threshold", v_threshold)
+    check_finite_float("v_reset", v_reset, allow_none=True)
+    check_bool("decay_input", decay_input)
+    check_bool("detach_reset", detach_reset)
+    check_bool("store_v_seq", store_v_seq)
+    check_bool("compact_state", compact_state)
     check_backend_name(backend)
     surrogate_id, alpha = resolve_surrogate(surrogate, alpha)
-    if v_init is not None and v_init.dtype != x_seq.dtype:
-        v_init = v_init.to(x_seq.dtype)
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x_seq, v_init, w))
-    if not needs_grad:
-        state_mode = STATE_NONE
-    elif compact_state:
-        state_mode = STATE_BF16
-    else:
-        state_mode = STATE_INPUT if x_seq.shape[0] <= RECOMPUTE_MAX_STEPS else STATE_FLOAT
+    state_mode = choose_state_mode(needs_grad(x_seq, v_init, w), compact_state, x_seq.shape[0])
     spikes, v_last, _, v_seq = torch.ops.spikekern.neuron_forward(
         x_seq, v_init, w, neuron_kind, float(tau), decay_input, float(v_threshold),
         0.0 if v_reset is None else float(v_reset), v_reset is None, detach_reset, surrogate_id, alpha,
@@ -419,7 +349,7 @@ def lif_multistep(
     x_seq, v_init=None, tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0, detach_reset=False,
     surrogate="sigmoid", alpha=None, store_v_seq=False, compact_state=False, backend=None,
 ):  # fmt: skip
-    _check_finite_float("tau", tau)
+    check_finite_float("tau", tau)
     if tau <= 1:
         raise ValueError(f"tau must be > 1 (the membrane decays by 1/tau per step), got {tau}")
     return _neuron_multistep(

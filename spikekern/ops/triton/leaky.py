@@ -1,22 +1,23 @@
 """Triton kernels for snnTorch's Leaky neuron over all T steps (contract and math: docs/leaky_op.md).
 
 Each program owns ``BLOCK`` neurons and walks all ``T`` steps with the membrane in registers, like the
-neuron kernels (``neuron.py``), whose launch sizes, bfloat16 bit helpers and register-tile helpers
-these reuse. Constexpr ids: RESET 0 subtract, 1 zero, 2 none; STATE_MODE as in docs/neuron_ops.md.
+neuron kernels (``neuron.py``); both take their launch sizes, bfloat16 bit helpers and register-tile
+helpers from ``_common.py``. Constexpr ids: RESET 0 subtract, 1 zero, 2 none; STATE_MODE as in docs/neuron_ops.md.
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from ..leaky import mem_output_shape, new_state
-from ..neuron import STATE_INPUT
-from .neuron import (
+from .._multistep import new_state
+from ..leaky import mem_output_shape
+from ._common import (
     BLOCK,
     NUM_WARPS,
-    RECOMPUTE_TILE,
+    _backward_launch,
     _from_bf16_bits,
     _initial_membrane,
+    _input_tile,
     _row,
     _state_view,
     _to_bf16_bits,
@@ -64,13 +65,6 @@ def _saved_step(state_ptr, offsets, mask, mem_tile, steps, t, threshold, STATE_M
         margin = mem - threshold
         spike = (margin > 0).to(tl.float32)
     return mem, margin, spike
-
-
-@triton.jit
-def _input_tile(x_ptr, neurons, mask, steps, T, M):
-    """All T steps of x for these neurons as a float32 [T_PAD, BLOCK] register tile (zeros beyond T)."""
-    tile = tl.load(x_ptr + (steps.to(tl.int64) * M + neurons[None, :]), mask=(steps < T) & mask[None, :], other=0.0)
-    return tile.to(tl.float32)
 
 
 @triton.jit
@@ -196,9 +190,7 @@ def leaky_backward(
     state_mode, beta_grad, threshold_grad,
 ):  # fmt: skip
     steps, neurons = grad_spike.shape
-    steps_padded = triton.next_power_of_2(steps) if state_mode == STATE_INPUT else 1
-    block = min(BLOCK, RECOMPUTE_TILE // steps_padded)
-    grid = (triton.cdiv(neurons, block),)
+    steps_padded, block, grid = _backward_launch(steps, neurons, state_mode)
     per_neuron_beta = beta.numel() != 1
     grad_x = torch.empty_like(grad_spike)
     grad_mem_init = grad_spike.new_empty(neurons)

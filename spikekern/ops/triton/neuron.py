@@ -1,22 +1,28 @@
 """Triton kernels for the multi-timestep neurons (contract and math: docs/neuron_ops.md).
 
 Each program owns ``BLOCK`` neurons and walks all ``T`` steps with the membrane in registers: one
-launch for the forward, one for the backward. The bfloat16 state is stored as raw 16-bit patterns so
-the same code runs under ``TRITON_INTERPRET=1``, which has no bfloat16.
+launch for the forward, one for the backward. Launch sizes, the bfloat16 bit helpers (the state is
+stored as raw 16-bit patterns, for ``TRITON_INTERPRET=1``) and the register-tile helpers: ``_common.py``.
 """
 
 import torch
 import triton
 import triton.language as tl
 
+from .._multistep import new_state
+from ..neuron import NEURON_PLIF
+from ._common import (
+    BLOCK,
+    NUM_WARPS,
+    _backward_launch,
+    _from_bf16_bits,
+    _initial_membrane,
+    _input_tile,
+    _row,
+    _state_view,
+    _to_bf16_bits,
+)
 from .surrogate import surrogate_gradient
-
-NEURON_IF, NEURON_LIF, NEURON_PLIF = 0, 1, 2
-STATE_NONE, STATE_FLOAT, STATE_BF16, STATE_INPUT = 0, 1, 2, 3
-BLOCK = 1024
-NUM_WARPS = 4
-# Recomputing backward keeps a [T_PAD, block] tile of charges in registers: ~32 floats per thread.
-RECOMPUTE_TILE = 4096
 
 
 @triton.jit
@@ -43,35 +49,6 @@ def _reset(h, spike, v_threshold, v_reset, SOFT_RESET: tl.constexpr):
     else:
         v = spike * v_reset + (1.0 - spike) * h
     return v
-
-
-@triton.jit
-def _to_bf16_bits(x):
-    """float32 -> bfloat16 bit pattern (int16), round to nearest even, NaN kept NaN."""
-    bits = x.to(tl.int32, bitcast=True)
-    rounded = bits + (0x7FFF + ((bits >> 16) & 1))
-    bf16 = tl.where(x != x, 0x7FC0, (rounded >> 16) & 0xFFFF)
-    return bf16.to(tl.int16)
-
-
-@triton.jit
-def _from_bf16_bits(bits):
-    return (bits.to(tl.int32) << 16).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _initial_membrane(v_init_ptr, neurons, mask, v_reset, HAS_V_INIT: tl.constexpr, BLOCK: tl.constexpr):
-    if HAS_V_INIT:
-        v = tl.load(v_init_ptr + neurons, mask=mask, other=0.0).to(tl.float32)
-    else:
-        v = tl.zeros([BLOCK], dtype=tl.float32) + v_reset
-    return v
-
-
-@triton.jit
-def _row(tile, steps, t):
-    """Row ``t`` of a [T_PAD, BLOCK] register tile (exact: every other term added is 0)."""
-    return tl.sum(tl.where(steps == t, tile, 0.0), axis=0)
 
 
 @triton.jit
@@ -151,9 +128,7 @@ def _backward_kernel(
     charge_tile = tl.zeros([T_PAD, BLOCK], dtype=tl.float32)
     if STATE_MODE == 3:
         # state_ptr is x_seq: re-run the forward (the same operations, so the same charges) into registers.
-        x_tile = tl.load(
-            state_ptr + (steps.to(tl.int64) * M + neurons[None, :]), mask=(steps < T) & mask[None, :], other=0.0
-        ).to(tl.float32)
+        x_tile = _input_tile(state_ptr, neurons, mask, steps, T, M)
         v = v_first
         for t in range(T):
             h = _charge(_row(x_tile, steps, t), v, k, tau, v_reset, NEURON_KIND, DECAY_INPUT)
@@ -205,19 +180,13 @@ def _backward_kernel(
         tl.store(plif_partials_ptr + tl.program_id(0), tl.sum(plif_sum, axis=0))
 
 
-def _state_view(state, state_mode):
-    return state.view(torch.int16) if state_mode == STATE_BF16 else state
-
-
 def neuron_forward(
     x_seq, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, store_v_seq, state_mode
 ):
     steps, neurons = x_seq.shape
     spikes = torch.empty_like(x_seq)
     v_last = torch.empty(neurons, dtype=x_seq.dtype, device=x_seq.device)
-    state_dtype = torch.bfloat16 if state_mode == STATE_BF16 else torch.float32
-    writes_state = state_mode in (STATE_FLOAT, STATE_BF16)
-    state = torch.empty((steps, neurons) if writes_state else (0,), dtype=state_dtype, device=x_seq.device)
+    state = new_state(x_seq, state_mode)
     v_seq = torch.empty((steps, neurons) if store_v_seq else (0,), dtype=x_seq.dtype, device=x_seq.device)
     grid = (triton.cdiv(neurons, BLOCK),)
     _forward_kernel[grid](
@@ -235,9 +204,7 @@ def neuron_backward(
     soft_reset, detach_reset, surrogate, alpha, state_mode,
 ):  # fmt: skip
     steps, neurons = grad_spike.shape
-    steps_padded = triton.next_power_of_2(steps) if state_mode == STATE_INPUT else 1
-    block = min(BLOCK, RECOMPUTE_TILE // steps_padded)
-    grid = (triton.cdiv(neurons, block),)
+    steps_padded, block, grid = _backward_launch(steps, neurons, state_mode)
     grad_x = torch.empty_like(grad_spike)
     grad_v_init = torch.empty(neurons, dtype=grad_spike.dtype, device=grad_spike.device)
     partials = torch.empty(grid[0] if neuron_kind == NEURON_PLIF else 0, dtype=torch.float32, device=grad_spike.device)
