@@ -136,3 +136,12 @@ def test_convert_snntorch_network_same_outputs_and_training():
             losses[name].append(loss.item())
     assert losses["converted"] == pytest.approx(losses["original"], rel=1e-5, abs=1e-6)
     assert losses["converted"][-1] < losses["converted"][0]
+
+
+def test_functional_helpers_reach_leaky():
+    net = torch.nn.Sequential(sknn.Leaky(beta=0.5), sknn.LIFNode())
+    spikekern.functional.set_backend(net, "torch")
+    spikekern.functional.set_step_mode(net, "m")
+    assert net[0].backend == "torch" and net[0].step_mode == "m" and net[0].supported_backends == net[1].supported_backends
+    with pytest.raises(ValueError, match="backend"):
+        net[0].backend = "cupy"

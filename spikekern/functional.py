@@ -2,7 +2,7 @@
 
 import torch
 
-from .nn.neuron import STEP_MODES, BaseNode
+from .nn._modes import STEP_MODES, HasBackend
 
 
 def reset_net(net: torch.nn.Module):
@@ -25,7 +25,7 @@ def set_step_mode(net: torch.nn.Module, step_mode: str):
 
 def set_backend(net: torch.nn.Module, backend):
     """Choose the backend (None for the best available, "cuda", "triton" or "torch") of every spikekern
-    neuron in ``net``."""
+    neuron (SpikingJelly-style and Leaky) in ``net``."""
     for module in net.modules():
-        if isinstance(module, BaseNode):
+        if isinstance(module, HasBackend):
             module.backend = backend

@@ -9,9 +9,9 @@ one kernel, returning the stacked spikes and membranes the step-by-step loop wou
 
 import torch
 
-from ..ops import BACKENDS, leaky_multistep
+from ..ops import leaky_multistep
 from ..ops.surrogate import resolve_surrogate
-from .neuron import STEP_MODES
+from ._modes import HasBackend, HasStepMode
 
 RESET_MECHANISMS = ("subtract", "zero", "none")
 # snnTorch's surrogate factories (snntorch/surrogate.py) whose gradients the kernels implement.
@@ -44,7 +44,7 @@ def _unsupported(name, value, default):
         raise ValueError(f"spikekern.nn.Leaky does not support {name}={value!r}; keep snntorch.Leaky for this layer")
 
 
-class Leaky(torch.nn.Module):
+class Leaky(HasStepMode, HasBackend, torch.nn.Module):
     """First-order leaky integrate-and-fire neuron with snnTorch's semantics (see module docstring)."""
 
     def __init__(
@@ -85,26 +85,6 @@ class Leaky(torch.nn.Module):
     @property
     def reset_mechanism(self):
         return self._reset_mechanism
-
-    @property
-    def step_mode(self):
-        return self._step_mode
-
-    @step_mode.setter
-    def step_mode(self, value):
-        if value not in STEP_MODES:
-            raise ValueError(f"step_mode must be 's' (single step) or 'm' (multi step), got {value!r}")
-        self._step_mode = value
-
-    @property
-    def backend(self):
-        return self._backend
-
-    @backend.setter
-    def backend(self, value):
-        if value is not None and value not in BACKENDS:
-            raise ValueError(f"backend must be None or one of {list(BACKENDS)}, got {value!r}")
-        self._backend = value
 
     def reset_mem(self):
         self.mem = torch.zeros_like(self.mem)

@@ -12,10 +12,9 @@ import math
 
 import torch
 
-from ..ops import BACKENDS, if_multistep, lif_multistep, plif_multistep
+from ..ops import if_multistep, lif_multistep, plif_multistep
 from ..surrogate import Sigmoid, surrogate_spec
-
-STEP_MODES = ("s", "m")
+from ._modes import HasBackend, HasStepMode
 
 
 def _check_float(name, value, allow_none=False):
@@ -32,7 +31,7 @@ def _check_bool(name, value):
     return value
 
 
-class BaseNode(torch.nn.Module):
+class BaseNode(HasStepMode, HasBackend, torch.nn.Module):
     """What the three neurons share: state, step modes, surrogate, backend. Subclasses implement
     ``_multistep(x_seq, v_init, **options)`` with one of the fused ops."""
 
@@ -50,30 +49,6 @@ class BaseNode(torch.nn.Module):
         self.backend = backend
         self.store_v_seq = _check_bool("store_v_seq", store_v_seq)
         self.reset()
-
-    @property
-    def step_mode(self):
-        return self._step_mode
-
-    @step_mode.setter
-    def step_mode(self, value):
-        if value not in STEP_MODES:
-            raise ValueError(f"step_mode must be 's' (single step) or 'm' (multi step), got {value!r}")
-        self._step_mode = value
-
-    @property
-    def backend(self):
-        return self._backend
-
-    @backend.setter
-    def backend(self, value):
-        if value is not None and value not in BACKENDS:
-            raise ValueError(f"backend must be None or one of {list(BACKENDS)}, got {value!r}")
-        self._backend = value
-
-    @property
-    def supported_backends(self):
-        return BACKENDS
 
     def _initial_v(self):
         return 0.0 if self.v_reset is None else self.v_reset

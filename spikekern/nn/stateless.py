@@ -4,25 +4,15 @@ the torch layer's, so state dicts load both ways with torch's and SpikingJelly's
 
 import torch
 
-from .neuron import STEP_MODES
+from ._modes import HasStepMode
 
 
-class StepModeMixin:
+class StepModeMixin(HasStepMode):
     """Adds ``step_mode`` to a torch layer; 'm' folds ``[T, N]`` into the batch dimension."""
 
     def __init__(self, *args, step_mode="s", **kwargs):
         super().__init__(*args, **kwargs)
         self.step_mode = step_mode
-
-    @property
-    def step_mode(self):
-        return self._step_mode
-
-    @step_mode.setter
-    def step_mode(self, value):
-        if value not in STEP_MODES:
-            raise ValueError(f"step_mode must be 's' (single step) or 'm' (multi step), got {value!r}")
-        self._step_mode = value
 
     def forward(self, x):
         if self.step_mode == "s":

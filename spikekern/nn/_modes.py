@@ -1,0 +1,37 @@
+"""The ``step_mode`` and ``backend`` settings every spikekern module validates the same way."""
+
+from ..ops import BACKENDS
+
+STEP_MODES = ("s", "m")
+
+
+class HasStepMode:
+    """``step_mode``: 's' (one step per call, ``[N, *]``) or 'm' (all steps per call, ``[T, N, *]``)."""
+
+    @property
+    def step_mode(self):
+        return self._step_mode
+
+    @step_mode.setter
+    def step_mode(self, value):
+        if value not in STEP_MODES:
+            raise ValueError(f"step_mode must be 's' (single step) or 'm' (multi step), got {value!r}")
+        self._step_mode = value
+
+
+class HasBackend:
+    """``backend``: None (the best available per call) or one of the op backends."""
+
+    @property
+    def backend(self):
+        return self._backend
+
+    @backend.setter
+    def backend(self, value):
+        if value is not None and value not in BACKENDS:
+            raise ValueError(f"backend must be None or one of {list(BACKENDS)}, got {value!r}")
+        self._backend = value
+
+    @property
+    def supported_backends(self):
+        return BACKENDS
