@@ -1,0 +1,274 @@
+"""spike_conv2d against F.conv2d and its autograd: geometry (strides, paddings, dilations, groups, odd
+sizes), layouts, T-folded input, spike rates, dtypes, saved memory, bad input, the plan, opcheck,
+torch.compile and the Triton kernels' ahead-of-time compilation for sm_90.
+
+Tolerances (docs/spike_conv2d.md): the torch backend is bit-identical to F.conv2d and its autograd in
+float32; the Triton tensor-core path is within spike_linear's FLOAT_TOLERANCE, relative to the scale.
+
+Run as a script with TRITON_INTERPRET=0, this file is the AOT harness: it compiles AOT_CASES with
+test_spike_linear's ``aot_compile`` and prints the results as JSON.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DEVICE, assert_bit_equal, assert_close_verbose
+from test_spike_linear import FLOAT_TOLERANCE, GPU_ONLY, TRITON_USABLE, forward_backward
+
+from spikekern.ops.spike_conv2d import spike_conv2d, spike_conv2d_plan
+from spikekern.ops.spike_pack import set_validation
+
+BACKENDS = ["torch"] + (["triton"] if TRITON_USABLE else [])
+GRADIENT_NAMES = ("output", "grad s", "grad weight", "grad bias")
+
+
+def make_problem(shape, out_channels, kernel_size, groups=1, rate=0.2, dtype=torch.float32, seed=0, **geometry):
+    """(spikes, weight, bias, grad_out) for a convolution of ``shape`` input; ``geometry`` is F.conv2d's."""
+    generator = torch.Generator().manual_seed(seed)
+    spikes = (torch.rand(shape, generator=generator) < rate).to(DEVICE, dtype)
+    weight = torch.randn(out_channels, shape[-3] // groups, *kernel_size, generator=generator).to(DEVICE, dtype)
+    bias = torch.randn(out_channels, generator=generator).to(DEVICE, dtype)
+    images = spikes.flatten(0, 1) if spikes.dim() == 5 else spikes
+    out_shape = F.conv2d(images.float(), weight.float(), None, groups=groups, **geometry).shape
+    grad_out = torch.randn(*shape[:-3], *out_shape[1:], generator=generator).to(DEVICE, dtype)
+    return spikes, weight, bias, grad_out
+
+
+def f_conv2d(spikes, weight, bias, groups=1, **geometry):
+    """F.conv2d, with time-first input folded into the batch like spike_conv2d does."""
+    images = spikes.flatten(0, 1) if spikes.dim() == 5 else spikes
+    out = F.conv2d(images, weight, bias, groups=groups, **geometry)
+    return out.view(*spikes.shape[:-3], *out.shape[1:])
+
+
+def check_close_to_f_conv2d(backend, problem, groups, geometry, dtype=torch.float32):
+    def run(spikes, weight, bias):
+        return spike_conv2d(spikes, weight, bias, groups=groups, backend=backend, **geometry)
+
+    out, grads = forward_backward(run, *problem)
+    # The expectation is F.conv2d in float32 on the same (rounded) values, rounded once to the dtype.
+    expected_out, expected_grads = forward_backward(lambda *a: f_conv2d(*a, groups=groups, **geometry),
+                                                    *(t.float() for t in problem))  # fmt: skip
+    tolerance = FLOAT_TOLERANCE[dtype]
+    for name, actual, expected in zip(GRADIENT_NAMES, [out, *grads], [expected_out, *expected_grads]):
+        assert actual.dtype == dtype, name
+        scale = max(expected.abs().max().item(), 1.0) if expected.numel() else 1.0
+        assert_close_verbose(actual, expected.to(dtype), tolerance, tolerance * scale, f"{backend} {name}")
+    return out, grads
+
+
+# (input shape, out channels, kernel size, groups, F.conv2d's geometry); odd sizes throughout.
+CASES = [
+    ((2, 5, 6, 7), 7, (3, 3), 1, {"padding": 1}),
+    ((1, 6, 5, 9), 4, (3, 2), 2, {"stride": 2}),
+    ((2, 40, 6, 5), 3, (3, 3), 1, {"stride": (1, 2), "padding": (2, 1), "dilation": 2}),  # 40 channels: two words
+    ((2, 4, 5, 5), 4, (3, 3), 4, {"padding": 1}),  # depthwise
+    ((2, 2, 3, 5, 4), 6, (1, 1), 1, {}),  # time-first [T, N, C, H, W]
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("rate", [0.0, 0.2, 1.0])
+@pytest.mark.parametrize("index", range(len(CASES)), ids=lambda i: f"case{i}")
+def test_float32_matches_f_conv2d(backend, rate, index):
+    shape, out_channels, kernel_size, groups, geometry = CASES[index]
+    problem = make_problem(shape, out_channels, kernel_size, groups, rate, **geometry)
+    out, grads = check_close_to_f_conv2d(backend, problem, groups, geometry)
+    if backend == "torch":  # the reference is F.conv2d and its autograd on the unpacked (identical) spikes
+        expected_out, expected_grads = forward_backward(lambda *a: f_conv2d(*a, groups=groups, **geometry), *problem)
+        for name, actual, expected in zip(GRADIENT_NAMES, [out, *grads], [expected_out, *expected_grads]):
+            assert_bit_equal(actual, expected, name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float16(backend):
+    shape, out_channels, kernel_size, groups, geometry = CASES[0]
+    problem = make_problem(shape, out_channels, kernel_size, groups, dtype=torch.float16, **geometry)
+    check_close_to_f_conv2d(backend, problem, groups, geometry, torch.float16)
+
+
+@GPU_ONLY
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bfloat16(backend):
+    problem = make_problem((4, 64, 16, 16), 96, (3, 3), dtype=torch.bfloat16, padding=1)
+    check_close_to_f_conv2d(backend, problem, 1, {"padding": 1}, torch.bfloat16)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_channels_last_input_and_channels_last_output(backend):
+    spikes, weight, bias, grad_out = make_problem((2, 5, 6, 7), 7, (3, 3), padding=1)
+    channels_last = spikes.contiguous(memory_format=torch.channels_last)
+    out, _ = check_close_to_f_conv2d(backend, (channels_last, weight, bias, grad_out), 1, {"padding": 1})
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch(backend):
+    check_close_to_f_conv2d(backend, make_problem((0, 5, 6, 7), 7, (3, 3), padding=1), 1, {"padding": 1})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_saves_one_bit_per_input_element_and_never_the_dense_input(backend):
+    spikes, weight, bias, _ = make_problem((2, 3, 40, 5, 4), 6, (3, 3), padding=1)
+    spikes.requires_grad_()
+    weight.requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        spike_conv2d(spikes, weight, bias, padding=1, backend=backend)
+    words = [t for t in saved if t.dtype == torch.int32]
+    # Channels-last words: [T*N, H, W, ceil(40/32)], 40 channels per pixel padded to 64 bits.
+    assert len(words) == 1 and words[0].shape == (6, 5, 4, 2), [(t.shape, t.dtype) for t in saved]
+    others = [t for t in saved if t is not words[0]]
+    assert all(t.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr() for t in others), (
+        "only the packed spikes and the weight may be saved"
+    )
+
+
+def test_non_binary_input_is_refused():
+    spikes, weight, bias, _ = make_problem((2, 5, 6, 7), 7, (3, 3))
+    spikes[1, 3, 2, 2] = 0.5
+    for backend in BACKENDS:
+        with pytest.raises(ValueError, match="s must hold only spikes"):
+            spike_conv2d(spikes, weight, bias, backend=backend)
+
+
+def test_validation_off_trusts_the_input():
+    spikes, weight, _, _ = make_problem((2, 5, 6, 7), 7, (3, 3))
+    spikes[1, 3, 2, 2] = 2.0
+    set_validation(False)
+    try:
+        out = spike_conv2d(spikes, weight)
+    finally:
+        set_validation(None)
+    assert torch.equal(out, F.conv2d((spikes != 0).float(), weight)), "nonzero values count as spikes"
+
+
+def test_bad_arguments_are_refused_with_their_names():
+    spikes, weight, bias, _ = make_problem((2, 6, 6, 7), 4, (3, 3))
+    with pytest.raises(
+        ValueError, match=r"weight must have shape \[out_channels \(a multiple of groups=1\), C/groups=6"
+    ):
+        spike_conv2d(spikes, weight[:, :5])
+    with pytest.raises(ValueError, match=r"C/groups=1.5"):
+        spike_conv2d(spikes, weight, groups=4)
+    with pytest.raises(ValueError, match="groups must be a positive int"):
+        spike_conv2d(spikes, weight, groups=0)
+    with pytest.raises(TypeError, match="weight must have s's dtype torch.float32"):
+        spike_conv2d(spikes, weight.half())
+    with pytest.raises(TypeError, match="s must be float32, float16 or bfloat16"):
+        spike_conv2d(spikes.long(), weight)
+    with pytest.raises(ValueError, match=r"bias must have shape \[out_channels\] = \(4,\)"):
+        spike_conv2d(spikes, weight, bias[:3])
+    with pytest.raises(ValueError, match=r"s must be \[N, C, H, W\] or time-first"):
+        spike_conv2d(spikes[0], weight)
+    with pytest.raises(ValueError, match="stride must be at least 1"):
+        spike_conv2d(spikes, weight, stride=0)
+    with pytest.raises(TypeError, match="padding must be an int or a pair of ints, got 'same'"):
+        spike_conv2d(spikes, weight, padding="same")
+    with pytest.raises(ValueError, match=r"does not fit the input \(6, 7\)"):
+        spike_conv2d(spikes, weight, dilation=4)
+    with pytest.raises(ValueError, match="path must be one of"):
+        spike_conv2d(spikes, weight, path="fast")
+    with pytest.raises(NotImplementedError, match="no sparse .* kernel yet"):
+        spike_conv2d(spikes, weight, path="sparse")
+    with pytest.raises(RuntimeError, match="cuda: not implemented for this op yet"):
+        spike_conv2d(spikes, weight, backend="cuda")
+
+
+def test_plan_names_the_backend_and_path():
+    spikes, weight, _, _ = make_problem((2, 6, 6, 7), 4, (3, 3))
+    assert spike_conv2d_plan(spikes, weight, backend="torch").path == "reference"
+    if TRITON_USABLE:
+        plan = spike_conv2d_plan(spikes, weight, backend="triton")
+        assert (plan.backend, plan.path) == ("triton", "dense") and "only path" in plan.reason, plan
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck(backend):
+    spikes, weight, bias, grad_out = make_problem((2, 6, 5, 4), 4, (3, 3), 2, padding=1, stride=(2, 1))
+    geometry = ([2, 1], [1, 1], [1, 1], 2)
+    sample = (spikes.requires_grad_(), weight.requires_grad_(), bias.requires_grad_(), *geometry, True, backend)
+    torch.library.opcheck(torch.ops.spikekern.spike_conv2d_forward.default, sample)
+    _, packed = torch.ops.spikekern.spike_conv2d_forward(*sample)
+    backward_args = (grad_out, packed, weight.detach(), *geometry, True, True, True, backend)
+    torch.library.opcheck(torch.ops.spikekern.spike_conv2d_backward.default, backward_args)
+
+
+class SpikingConvNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(5, 6, 3, padding=1)
+        self.readout = torch.nn.Linear(6, 3)
+
+    def forward(self, spikes):
+        features = spike_conv2d(spikes, self.conv.weight, self.conv.bias, padding=1)
+        return self.readout(features.mean((-2, -1)))
+
+
+def test_torch_compile_fullgraph_has_no_graph_break():
+    torch._dynamo.reset()
+    model = SpikingConvNet().to(DEVICE)
+    spikes = make_problem((2, 2, 5, 4, 4), 1, (1, 1))[0]
+    out_eager = model(spikes)
+    out_compiled = torch.compile(model, fullgraph=True)(spikes)
+    assert_close_verbose(out_compiled, out_eager, 1e-6, 1e-5, "compiled output")
+    out_eager.sum().backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    out_compiled.sum().backward()
+    for eager_grad, param in zip(eager_grads, model.parameters()):
+        assert_close_verbose(param.grad, eager_grad, 1e-5, 1e-5, "compiled gradient")
+    assert torch._dynamo.explain(model)(spikes).graph_break_count == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Ahead-of-time compilation for sm_90 (no GPU needed)
+# ----------------------------------------------------------------------------------------------
+
+BLOCKS = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 32}
+AOT_CASES = (
+    [("spike_conv2d", "_dense_forward_kernel", dtype, {"HAS_BIAS": True, "DOT_PRECISION": precision, **BLOCKS})
+     for dtype, precision in (("float32", "tf32x3"), ("float16", "tf32"), ("bfloat16", "tf32"))]
+    + [("spike_conv2d", "_dense_grad_weight_kernel", dtype, {"DOT_PRECISION": precision, **BLOCKS})
+       for dtype, precision in (("float32", "tf32x3"), ("bfloat16", "tf32"))]
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def aot_results():
+    environment = {**os.environ, "TRITON_INTERPRET": "0"}  # the interpreter's kernels cannot be compiled
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
+    result = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=environment,
+                            cwd=os.path.dirname(os.path.abspath(__file__)))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("index", range(len(AOT_CASES)), ids=lambda i: f"{AOT_CASES[i][1]}-{AOT_CASES[i][2]}")
+def test_triton_kernels_compile_for_sm90_with_tensor_cores(aot_results, index):
+    result = aot_results[index]
+    assert result["ok"], f"{AOT_CASES[index]}: {result['error']}"
+    assert result["tensor_cores"], "the implicit-GEMM kernels must use tensor-core MMA instructions on sm_90"
+
+
+def main():
+    from test_spike_linear import aot_compile  # the harness that types packed_ptr as int32 words
+
+    results = []
+    for case in AOT_CASES:
+        try:
+            ptx = aot_compile(*case)
+            results.append({"ok": True, "tensor_cores": "wgmma" in ptx or "mma.sync" in ptx})
+        except Exception as error:  # reported to the test, which fails with it
+            results.append({"ok": False, "error": f"{type(error).__name__}: {error}"})
+    json.dump(results, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
