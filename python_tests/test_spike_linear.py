@@ -10,6 +10,7 @@ Run as a script with TRITON_INTERPRET=0, this file is the AOT harness: it compil
 on stdin and prints the result as JSON.
 """
 
+import inspect
 import json
 import os
 import subprocess
@@ -20,14 +21,19 @@ import torch
 import torch.nn.functional as F
 from conftest import DEVICE, assert_bit_equal, assert_close_verbose
 
-from spikekern.ops.spike_linear import (
-    SPARSE_MAX_DENSITY, ordered_masked_sum, spike_linear, spike_linear_plan,
-)  # fmt: skip
-from spikekern.ops.spike_pack import available_spike_backends, set_validation
+from test_spike_pack import spike_cuda_schemas
 
-TRITON_USABLE = available_spike_backends(torch.empty(1, device=DEVICE))["triton"] is None
+from spikekern.ops.spike_linear import (
+    CUDA_KERNEL_OPS, SPARSE_MAX_DENSITY, ordered_masked_sum, spike_linear, spike_linear_plan,
+)  # fmt: skip
+from spikekern.ops import available_backends
+from spikekern.ops.spike_pack import set_validation
+
+BACKEND_ERRORS = available_backends(torch.empty(1, device=DEVICE))
+TRITON_USABLE = BACKEND_ERRORS["triton"] is None
+FAST_BACKENDS = [name for name in ("cuda", "triton") if BACKEND_ERRORS[name] is None]
 # (backend, path) pairs that run here; the torch backend has one path.
-RUNS = [("torch", "auto")] + ([("triton", "dense"), ("triton", "sparse")] if TRITON_USABLE else [])
+RUNS = [("torch", "auto")] + [(backend, path) for backend in FAST_BACKENDS for path in ("dense", "sparse")]
 FLOAT_TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 GPU_ONLY = pytest.mark.skipif(DEVICE != "cuda", reason="bfloat16 needs a GPU (the Triton interpreter has none)")
 
@@ -77,7 +83,7 @@ def test_float32_matches_f_linear(backend, path, rate, shape, out_features):
         for name, actual, expected in zip(("output", "grad s", "grad weight", "grad bias"), [out, *grads],
                                           [expected_out, *expected_grads]):  # fmt: skip
             assert_bit_equal(actual, expected, name)
-    elif path == "sparse":  # exact for its documented summation order
+    elif path == "sparse":  # exact for its documented summation order (CUDA and Triton alike)
         rows, grad_rows = spikes.reshape(-1, shape[-1]), grad_out.reshape(-1, out_features)
         assert_bit_equal(out.reshape(rows.shape[0], -1), ordered_masked_sum(rows, weight.t()) + bias, "output")
         assert_bit_equal(grads[1], ordered_masked_sum(rows.t(), grad_rows).t(), "grad weight")
@@ -158,19 +164,19 @@ def test_bad_arguments_are_refused_with_their_names():
         spike_linear(spikes[0], weight)
     with pytest.raises(ValueError, match="path must be one of"):
         spike_linear(spikes, weight, path="fast")
-    with pytest.raises(RuntimeError, match="cuda: not implemented for this op yet"):
-        spike_linear(spikes, weight, backend="cuda")
+    with pytest.raises(RuntimeError, match="backend='cuda' cannot run this input: the CUDA kernels need a CUDA"):
+        spike_linear(spikes.cpu(), weight.cpu(), backend="cuda")
 
 
-@pytest.mark.skipif(not TRITON_USABLE, reason="Triton cannot run here")
-def test_plan_reports_the_density_rule_and_overrides():
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_plan_reports_the_density_rule_and_overrides(backend):
     _, weight, _, _ = make_problem((50, 64), 8, 0.0)
     for rate, expected in ((0.0, "sparse"), (SPARSE_MAX_DENSITY / 2, "sparse"), (0.2, "dense"), (1.0, "dense")):
         spikes = make_problem((50, 64), 8, rate)[0]
-        plan = spike_linear_plan(spikes, weight, backend="triton")
-        assert (plan.backend, plan.path) == ("triton", expected) and "spike density" in plan.reason, (rate, plan)
+        plan = spike_linear_plan(spikes, weight, backend=backend)
+        assert (plan.backend, plan.path) == (backend, expected) and "spike density" in plan.reason, (rate, plan)
     spikes = make_problem((50, 64), 8, 0.2)[0]
-    assert spike_linear_plan(spikes, weight, path="sparse", backend="triton").path == "sparse"
+    assert spike_linear_plan(spikes, weight, path="sparse", backend=backend).path == "sparse"
     assert spike_linear_plan(spikes, weight, backend="torch").path == "reference"
 
 
@@ -182,6 +188,17 @@ def test_opcheck(backend, path):
     _, packed = torch.ops.spikekern.spike_linear_forward(*sample)
     backward_args = (grad_out, packed, weight.detach(), True, True, False, path, backend)
     torch.library.opcheck(torch.ops.spikekern.spike_linear_backward.default, backward_args)
+
+
+@pytest.mark.parametrize("kernel", sorted(CUDA_KERNEL_OPS))
+def test_cuda_schemas_take_the_triton_host_functions_arguments(kernel):
+    """spike_linear calls a kernel of either backend with the same positional arguments: the C++ schema
+    of its CUDA op must list the Triton host function's arguments in order, and return one tensor."""
+    triton_spike_linear = pytest.importorskip("spikekern.ops.triton.spike_linear")
+    schema = spike_cuda_schemas()[CUDA_KERNEL_OPS[kernel]]
+    names = [argument.name for argument in schema.arguments]
+    assert names == list(inspect.signature(getattr(triton_spike_linear, kernel)).parameters)
+    assert len(schema.returns) == 1
 
 
 class SpikingMLP(torch.nn.Module):

@@ -1,17 +1,24 @@
-"""pack_spikes / unpack_spikes: exact round trip on every backend, the bit layout, validation, bad input.
+"""pack_spikes / unpack_spikes: exact round trip on every backend, the bit layout, validation, bad input,
+and the CUDA op schemas against the Triton host functions.
 
-The Triton kernels run under TRITON_INTERPRET=1 on a machine without a GPU (no bfloat16 there).
+The Triton kernels run under TRITON_INTERPRET=1 on a machine without a GPU (no bfloat16 there); the CUDA
+kernels run where the extension is built and a GPU is present.
 """
+
+import inspect
+import pathlib
+import re
 
 import pytest
 import torch
 from conftest import DEVICE
 
 from spikekern.ops import spike_pack
-from spikekern.ops.spike_pack import available_spike_backends, pack_spikes, set_validation, unpack_spikes
+from spikekern.ops import available_backends
+from spikekern.ops.spike_pack import pack_spikes, set_validation, unpack_spikes
 
-BACKENDS = ["torch"] + [name for name, error in available_spike_backends(torch.empty(1, device=DEVICE)).items()
-                        if name == "triton" and error is None]  # fmt: skip
+BACKEND_ERRORS = available_backends(torch.empty(1, device=DEVICE))
+BACKENDS = ["torch"] + [name for name in ("cuda", "triton") if BACKEND_ERRORS[name] is None]
 SHAPES = [(0,), (1,), (31,), (3, 32), (2, 33), (4, 0), (0, 7), (2, 3, 65), (5, 300)]
 
 
@@ -28,7 +35,7 @@ def validation():
 
 
 def usable_dtypes(backend):
-    on_interpreter = backend == "triton" and DEVICE == "cpu"
+    on_interpreter = backend == "triton" and DEVICE == "cpu"  # the CUDA backend never runs on the CPU
     return [torch.float32, torch.float16] + ([] if on_interpreter else [torch.bfloat16])
 
 
@@ -79,7 +86,7 @@ def test_bad_arguments_are_refused_with_their_names(validation):
         pack_spikes(torch.ones(3, dtype=torch.int64))
     with pytest.raises(ValueError, match="0-d"):
         pack_spikes(torch.tensor(1.0))
-    with pytest.raises(RuntimeError, match="cuda: not implemented for this op yet"):
+    with pytest.raises(RuntimeError, match="backend='cuda' cannot run this input: the CUDA kernels need a CUDA"):
         pack_spikes(torch.ones(3), backend="cuda")
     with pytest.raises(ValueError, match="backend must be None or one of"):
         pack_spikes(torch.ones(3), backend="cudnn")
@@ -100,3 +107,24 @@ def test_opcheck(backend):
     torch.library.opcheck(torch.ops.spikekern.pack_spikes.default, (spikes, True, backend))
     packed = pack_spikes(spikes)
     torch.library.opcheck(torch.ops.spikekern.unpack_spikes.default, (packed, 45, torch.float16, backend))
+
+
+def spike_cuda_schemas():
+    """The spikekern_cuda schemas that csrc/spike/spike_bindings.cpp defines (no need to build the extension)."""
+    source = (pathlib.Path(__file__).parents[1] / "csrc" / "spike" / "spike_bindings.cpp").read_text()
+    schemas = {}
+    for definition in re.findall(r"m\.def\((.*?)\);", source, flags=re.S):
+        schema = torch._C.parse_schema("".join(re.findall(r'"([^"]*)"', definition)))
+        schemas[schema.name] = schema
+    return schemas
+
+
+@pytest.mark.parametrize("op_name,returns", [("pack_spikes", 2), ("unpack_spikes", 1)])
+def test_cuda_schemas_take_the_triton_host_functions_arguments(op_name, returns):
+    """spike_pack calls the CUDA op and the Triton host function of a kernel with the same positional
+    arguments: the C++ schema must list them in the Triton function's order, and return as many tensors."""
+    triton_spike_pack = pytest.importorskip("spikekern.ops.triton.spike_pack")
+    schema = spike_cuda_schemas()[op_name]
+    names = [argument.name for argument in schema.arguments]
+    assert names == list(inspect.signature(getattr(triton_spike_pack, op_name)).parameters)
+    assert len(schema.returns) == returns

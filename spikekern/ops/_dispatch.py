@@ -53,9 +53,15 @@ def _cuda_error(x):
 _ERRORS = {"cuda": _cuda_error, "triton": _triton_error, "torch": lambda x: None}
 
 
-def available_backends(x: torch.Tensor):
-    """For an input tensor: ``{backend: None if it can run, else the reason it cannot}``."""
-    return {name: _ERRORS[name](x) for name in BACKENDS}
+def _error(name, x, kernels):
+    return _ERRORS[name](x) if name in kernels else "not implemented for this op yet"
+
+
+def available_backends(x: torch.Tensor, kernels=BACKENDS):
+    """For an input tensor: ``{backend: None if it can run, else the reason it cannot}``.
+
+    kernels: the backends the op implements (all of them for the neuron ops)."""
+    return {name: _error(name, x, kernels) for name in BACKENDS}
 
 
 def check_backend_name(backend):
@@ -63,15 +69,16 @@ def check_backend_name(backend):
         raise ValueError(f"backend must be None or one of {list(BACKENDS)}, got {backend!r}")
 
 
-def select_backend(requested: str, x: torch.Tensor) -> str:
-    """The backend that runs ``x``: ``requested`` if it can (else raise why), or the best usable one."""
+def select_backend(requested: str, x: torch.Tensor, kernels=BACKENDS, preference=("cuda", "triton")) -> str:
+    """The backend that runs ``x``: ``requested`` if it can (else raise why), or the first usable one of
+    ``preference`` for CUDA tensors, else the reference. kernels: the backends the op implements."""
     if requested:
-        error = _ERRORS[requested](x)
+        error = _error(requested, x, kernels)
         if error is not None:
             raise RuntimeError(f"backend={requested!r} cannot run this input: {error}")
         return requested
     if x.device.type == "cuda":
-        for name in ("cuda", "triton"):
-            if _ERRORS[name](x) is None:
+        for name in preference:
+            if _error(name, x, kernels) is None:
                 return name
     return "torch"

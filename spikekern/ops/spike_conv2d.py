@@ -20,6 +20,9 @@ from .spike_pack import (
     as_rows, check_spikes, pack_rows, select_spike_backend, unpack_rows, validation_enabled, words_per_row,
 )  # fmt: skip
 
+# No CUDA C++ kernel for the convolution yet.
+CONV_KERNELS = ("triton", "torch")
+
 _MISSING_SPARSE_PATH = (
     "spike_conv2d has no sparse (event-driven) kernel yet: path='sparse' needs a Triton kernel that "
     "scatters or gathers per active input; use path='dense' or 'auto'"
@@ -111,7 +114,7 @@ def spike_conv2d_forward(
     groups: int, validate: bool, backend: str,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """``F.conv2d(s, ...)`` in channels-last memory, and packed ``s``: the words that backward reads."""
-    backend = select_spike_backend(backend, s)
+    backend = select_spike_backend(backend, s, CONV_KERNELS)
     packed = pack_channels_last(s, validate, backend)
     if _use_reference(s, weight):
         backend = "torch"
@@ -133,7 +136,7 @@ def spike_conv2d_backward(
     groups: int, needs_input_grad: bool, needs_weight_grad: bool, needs_bias_grad: bool, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """Gradients for ``s`` (channels-last memory), ``weight`` and ``bias``; empty tensors when not needed."""
-    backend = select_spike_backend(backend, grad_out)
+    backend = select_spike_backend(backend, grad_out, CONV_KERNELS)
     if _use_reference(grad_out, packed, weight):
         backend = "torch"
     run = _reference_backward if backend == "torch" else _triton_backward
@@ -283,7 +286,7 @@ def spike_conv2d_plan(
 ) -> SpikeConv2dPlan:  # fmt: skip
     """Which backend and path ``spike_conv2d`` would run for these arguments, and why."""
     _check_arguments(s, weight, bias, stride, padding, dilation, groups, path, backend)
-    chosen_backend = select_spike_backend(backend or "", s)
+    chosen_backend = select_spike_backend(backend or "", s, CONV_KERNELS)
     if chosen_backend == "torch":
         return SpikeConv2dPlan("torch", "reference", "the torch backend runs the reference (unpack + F.conv2d)")
     reason = (

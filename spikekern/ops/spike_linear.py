@@ -2,10 +2,12 @@
 
 Two custom ops, ``spikekern::spike_linear_forward`` (returns the output and the packed input) and
 ``spikekern::spike_linear_backward``; autograd saves only the packed bits (and the weight, which the
-module holds anyway). The reference, unpack + ``F.linear``, is the specification; the Triton backend
-has a dense tensor-core path and a sparse gather path, chosen from the spike density (docs/spike_ops.md).
+module holds anyway). The reference, unpack + ``F.linear``, is the specification; the CUDA C++ and
+Triton backends each have a dense GEMM path and a sparse gather path, chosen from the spike density
+(docs/spike_ops.md).
 """
 
+from types import SimpleNamespace
 from typing import NamedTuple, Optional
 
 import torch
@@ -88,7 +90,21 @@ def _backward_results(grad_out, weight, needs_input_grad, needs_bias_grad, grad_
 # ----------------------------------------------------------------------------------------------
 
 
-def _triton_module():
+# The spikekern_cuda ops (csrc/spike/spike_bindings.cpp) behind each Triton host function; they take
+# the same positional arguments.
+CUDA_KERNEL_OPS = {
+    "dense_forward": "spike_linear_dense_forward",
+    "sparse_forward": "spike_linear_sparse_forward",
+    "dense_grad_weight": "spike_linear_dense_grad_weight",
+    "sparse_grad_weight": "spike_linear_sparse_grad_weight",
+}
+
+
+def _kernels(backend):
+    """The four kernels of "cuda" or "triton", under the Triton host functions' names."""
+    if backend == "cuda":
+        ops = torch.ops.spikekern_cuda
+        return SimpleNamespace(**{name: getattr(ops, op_name) for name, op_name in CUDA_KERNEL_OPS.items()})
     from .triton import spike_linear as triton_spike_linear  # imported late: TRITON_INTERPRET is read at import
 
     return triton_spike_linear
@@ -97,7 +113,7 @@ def _triton_module():
 def _run_forward(backend, path, packed, in_features, weight, bias):
     if backend == "torch":
         return reference_forward(packed, in_features, weight, bias)
-    kernels = _triton_module()
+    kernels = _kernels(backend)
     chosen, _ = resolve_path(path, packed, in_features)
     run = kernels.sparse_forward if chosen == "sparse" else kernels.dense_forward
     return run(packed, in_features, weight, None if bias is None else bias.contiguous())
@@ -108,7 +124,7 @@ def _run_backward(backend, path, grad_out, packed, weight, needs_input_grad, nee
         return reference_backward(grad_out, packed, weight, needs_input_grad, needs_weight_grad, needs_bias_grad)
     grad_weight = None
     if needs_weight_grad:
-        kernels = _triton_module()
+        kernels = _kernels(backend)
         chosen, _ = resolve_path(path, packed, weight.shape[1])
         run = kernels.sparse_grad_weight if chosen == "sparse" else kernels.dense_grad_weight
         grad_weight = run(grad_out, packed, weight.shape[1])
@@ -238,10 +254,10 @@ def spike_linear(
     """``F.linear(s, weight, bias)`` for spikes ``s`` (0/1) of shape ``[N, in]`` or ``[T, N, in]``.
 
     s, weight, bias: one dtype of float32/float16/bfloat16; weight ``[out, in]``, bias ``[out]``.
-    path: "dense" (tensor cores), "sparse" (gathers the weight rows of active inputs) or "auto" (sparse
+    path: "dense" (tiled GEMM), "sparse" (gathers the weight rows of active inputs) or "auto" (sparse
         up to SPARSE_MAX_DENSITY; costs one host synchronisation per forward and backward to count
-        spikes). Only the Triton backend has paths; ``spike_linear_plan`` reports the choice.
-    backend: None for the best available, or "triton", "torch"; an unusable choice raises.
+        spikes). The CUDA and Triton backends have paths; ``spike_linear_plan`` reports the choice.
+    backend: None for the best available, or "cuda", "triton", "torch"; an unusable choice raises.
     Non-binary ``s`` raises ValueError while validation is on (``spike_pack.set_validation``).
     """
     _check_arguments(s, weight, bias, path, backend)

@@ -4,8 +4,10 @@ Format (docs/spike_ops.md): the last dimension ``K`` becomes ``ceil(K / 32)`` in
 is bit ``k % 32`` of word ``k // 32``; the padding bits of the last word are zero. int32 words let a
 kernel test 32 inputs with one load and one compare, which the sparse kernels use to skip silent inputs.
 
-The spike ops (this file and spike_linear.py) share one backend rule list: the CUDA C++ kernels come
-later, so "cuda" says so instead of pointing at the neuron ops' extension.
+The spike ops use the shared backend rules (``_dispatch``), preferring Triton on CUDA tensors; ops
+without CUDA C++ kernels (spike_conv2d so far) pass the backends they have. The CUDA kernels are ``spikekern_cuda::`` ops that take the same positional arguments
+as the Triton host functions (python_tests check the schemas against them), so a backend is a
+namespace of kernels.
 """
 
 import math
@@ -14,7 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._dispatch import BACKENDS, _triton_error, check_backend_name
+from ._dispatch import BACKENDS, check_backend_name, select_backend
 
 BITS_PER_WORD = 32
 SPIKE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -41,31 +43,21 @@ def validation_enabled(device: torch.device) -> bool:
 # Backends of the spike ops
 # ----------------------------------------------------------------------------------------------
 
-_SPIKE_OP_ERRORS = {
-    "cuda": lambda x: "cuda: not implemented for this op yet",
-    "triton": _triton_error,
-    "torch": lambda x: None,
-}
+
+# The Triton spike kernels use tensor cores and the CUDA ones (so far) do not: Triton first.
+SPIKE_BACKEND_PREFERENCE = ("triton", "cuda")
 
 
-def available_spike_backends(x: Tensor):
-    """For an input tensor: ``{backend: None if the spike ops can run it there, else the reason}``."""
-    return {name: _SPIKE_OP_ERRORS[name](x) for name in BACKENDS}
+def select_spike_backend(requested: str, x: Tensor, kernels=BACKENDS) -> str:
+    """The backend of a spike op (kernels: the backends it implements) for input ``x``."""
+    return select_backend(requested, x, kernels, SPIKE_BACKEND_PREFERENCE)
 
 
-def select_spike_backend(requested: str, x: Tensor) -> str:
-    """``requested`` if it can run ``x`` (else raise why), otherwise Triton for CUDA tensors, else torch."""
-    if requested:
-        error = _SPIKE_OP_ERRORS[requested](x)
-        if error is not None:
-            raise RuntimeError(f"backend={requested!r} cannot run this input: {error}")
-        return requested
-    if x.device.type == "cuda" and _triton_error(x) is None:
-        return "triton"
-    return "torch"
-
-
-def _triton_module():
+def _kernels(backend: str):
+    """The pack/unpack kernels of "cuda" or "triton": ``pack_spikes(spikes, validate)`` and
+    ``unpack_spikes(packed, k_total, dtype)`` on contiguous ``[R, *]`` tensors."""
+    if backend == "cuda":
+        return torch.ops.spikekern_cuda
     from .triton import spike_pack as triton_spike_pack  # imported late: TRITON_INTERPRET is read at import
 
     return triton_spike_pack
@@ -116,7 +108,7 @@ def pack_rows(spikes: Tensor, validate: bool, backend: str) -> Tensor:
         if validate:
             raise_if_not_binary(bool(((spikes != 0) & (spikes != 1)).any()), "s")
         return reference_pack(spikes)
-    packed, invalid = _triton_module().pack_spikes(spikes.contiguous(), validate)
+    packed, invalid = _kernels(backend).pack_spikes(spikes.contiguous(), validate)
     if validate:
         raise_if_not_binary(bool(invalid.item()), "s")
     return packed
@@ -125,7 +117,7 @@ def pack_rows(spikes: Tensor, validate: bool, backend: str) -> Tensor:
 def unpack_rows(packed: Tensor, k_total: int, dtype: torch.dtype, backend: str) -> Tensor:
     if packed.numel() == 0 or backend == "torch":
         return reference_unpack(packed, k_total, dtype)
-    return _triton_module().unpack_spikes(packed.contiguous(), k_total, dtype)
+    return _kernels(backend).unpack_spikes(packed.contiguous(), k_total, dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,7 +166,7 @@ def pack_spikes(s: Tensor, backend: Optional[str] = None) -> Tensor:
     int32 words of shape ``[*, ceil(K / 32)]`` (format in the module docstring).
 
     Non-binary values raise ValueError while validation is on (``set_validation``).
-    backend: None for the best available, or "triton", "torch"; an unusable choice raises.
+    backend: None for the best available, or "cuda", "triton", "torch"; an unusable choice raises.
     """
     check_spikes("s", s)
     if s.dim() == 0:
