@@ -5,6 +5,8 @@ Triton module can be imported.
 """
 
 import os
+import pathlib
+import re
 
 import torch
 
@@ -107,3 +109,14 @@ def replay_in_cuda_graph(step, leaves):
     graph.replay()
     torch.cuda.synchronize()
     return captured
+
+
+def cuda_schemas():
+    """Every spikekern_cuda schema that csrc/**/*bindings.cpp defines, by op name: lets the tests check
+    the C++ argument lists against the Python side without building the extension."""
+    schemas = {}
+    for path in (pathlib.Path(__file__).parents[1] / "csrc").rglob("*bindings.cpp"):
+        for definition in re.findall(r"m\.def\((.*?)\);", path.read_text(), flags=re.S):
+            schema = torch._C.parse_schema("".join(re.findall(r'"([^"]*)"', definition)))
+            schemas[schema.name] = schema
+    return schemas

@@ -1,12 +1,11 @@
 """The neuron ops as a user meets them: bad input, custom-op registration, torch.compile, saved memory."""
 
 import inspect
-import pathlib
-import re
 
 import pytest
 import torch
 from conftest import (
+    cuda_schemas,
     DEVICE,
     assert_bit_equal,
     assert_close_verbose,
@@ -120,16 +119,6 @@ def test_opcheck_forward_and_backward(sample):
         None if v_init is None else v_init.detach(), w.detach(), *params, state_mode, backend,
     )  # fmt: skip
     torch.library.opcheck(torch.ops.spikekern.neuron_backward.default, backward_args)
-
-
-def cuda_schemas():
-    """The spikekern_cuda schemas as csrc/bindings.cpp defines them (no need to build the extension)."""
-    source = (pathlib.Path(__file__).parents[1] / "csrc" / "bindings.cpp").read_text()
-    schemas = {}
-    for definition in re.findall(r"m\.def\((.*?)\);", source, flags=re.S):
-        schema = torch._C.parse_schema("".join(re.findall(r'"([^"]*)"', definition)))
-        schemas[schema.name] = schema
-    return schemas
 
 
 REFERENCE_BACKENDS = {"neuron_forward": reference_forward, "neuron_backward": reference_backward}

@@ -3,22 +3,14 @@ sizes), layouts, T-folded input, spike rates, dtypes, saved memory, bad input, t
 torch.compile and the Triton kernels' ahead-of-time compilation for sm_90.
 
 Tolerances (docs/spike_conv2d.md): the torch backend is bit-identical to F.conv2d and its autograd in
-float32; the Triton tensor-core path is within spike_linear's FLOAT_TOLERANCE, relative to the scale.
-
-Run as a script with TRITON_INTERPRET=0, this file is the AOT harness: it compiles AOT_CASES with
-test_spike_linear's ``aot_compile`` and prints the results as JSON.
-"""
-
-import json
-import os
-import subprocess
-import sys
+float32; the Triton tensor-core path is within spike_linear's FLOAT_TOLERANCE, relative to the scale."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import DEVICE, assert_bit_equal, assert_close_verbose
-from test_spike_linear import FLOAT_TOLERANCE, GPU_ONLY, TRITON_USABLE, forward_backward
+from spike_helpers import FLOAT_TOLERANCE, GPU_ONLY, TRITON_USABLE, forward_backward, spike_aot_case
+from triton_aot import case_id, compile_in_subprocess
 
 from spikekern.ops.spike_conv2d import spike_conv2d, spike_conv2d_plan
 from spikekern.ops.spike_pack import set_validation
@@ -232,43 +224,20 @@ def test_torch_compile_fullgraph_has_no_graph_break():
 
 BLOCKS = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 32}
 AOT_CASES = (
-    [("spike_conv2d", "_dense_forward_kernel", dtype, {"HAS_BIAS": True, "DOT_PRECISION": precision, **BLOCKS})
+    [spike_aot_case("spike_conv2d", "_dense_forward_kernel", dtype, {"HAS_BIAS": True, "DOT_PRECISION": precision, **BLOCKS})
      for dtype, precision in (("float32", "tf32x3"), ("float16", "tf32"), ("bfloat16", "tf32"))]
-    + [("spike_conv2d", "_dense_grad_weight_kernel", dtype, {"DOT_PRECISION": precision, **BLOCKS})
+    + [spike_aot_case("spike_conv2d", "_dense_grad_weight_kernel", dtype, {"DOT_PRECISION": precision, **BLOCKS})
        for dtype, precision in (("float32", "tf32x3"), ("bfloat16", "tf32"))]
 )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def aot_results():
-    environment = {**os.environ, "TRITON_INTERPRET": "0"}  # the interpreter's kernels cannot be compiled
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
-    result = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=environment,
-                            cwd=os.path.dirname(os.path.abspath(__file__)))  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout)
+    return compile_in_subprocess(AOT_CASES)
 
 
-@pytest.mark.parametrize("index", range(len(AOT_CASES)), ids=lambda i: f"{AOT_CASES[i][1]}-{AOT_CASES[i][2]}")
+@pytest.mark.parametrize("index", range(len(AOT_CASES)), ids=case_id(AOT_CASES))
 def test_triton_kernels_compile_for_sm90_with_tensor_cores(aot_results, index):
     result = aot_results[index]
     assert result["ok"], f"{AOT_CASES[index]}: {result['error']}"
     assert result["tensor_cores"], "the implicit-GEMM kernels must use tensor-core MMA instructions on sm_90"
-
-
-def main():
-    from test_spike_linear import aot_compile  # the harness that types packed_ptr as int32 words
-
-    results = []
-    for case in AOT_CASES:
-        try:
-            ptx = aot_compile(*case)
-            results.append({"ok": True, "tensor_cores": "wgmma" in ptx or "mma.sync" in ptx})
-        except Exception as error:  # reported to the test, which fails with it
-            results.append({"ok": False, "error": f"{type(error).__name__}: {error}"})
-    json.dump(results, sys.stdout)
-
-
-if __name__ == "__main__":
-    main()

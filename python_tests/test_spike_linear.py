@@ -4,38 +4,24 @@ bad input, opcheck, torch.compile and the Triton kernels' ahead-of-time compilat
 Tolerances (docs/spike_ops.md): the torch backend is bit-identical to F.linear in float32. The sparse
 Triton path is bit-identical in every dtype to ``ordered_masked_sum`` (its documented fp32 order) and
 within FLOAT_TOLERANCE of F.linear. Tensor-core paths: FLOAT_TOLERANCE, relative to the output's scale;
-in float16/bfloat16 that is 4 units of the dtype's relative rounding (2**-11, 2**-8).
-
-Run as a script with TRITON_INTERPRET=0, this file is the AOT harness: it compiles the kernels named
-on stdin and prints the result as JSON.
-"""
+in float16/bfloat16 that is 4 units of the dtype's relative rounding (2**-11, 2**-8)."""
 
 import inspect
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE, assert_bit_equal, assert_close_verbose
-
-from test_spike_pack import spike_cuda_schemas
+from conftest import DEVICE, assert_bit_equal, assert_close_verbose, cuda_schemas
+from spike_helpers import FAST_BACKENDS, FLOAT_TOLERANCE, GPU_ONLY, TRITON_USABLE, forward_backward, spike_aot_case
+from triton_aot import case_id, compile_in_subprocess
 
 from spikekern.ops.spike_linear import (
     CUDA_KERNEL_OPS, SPARSE_MAX_DENSITY, ordered_masked_sum, spike_linear, spike_linear_plan,
 )  # fmt: skip
-from spikekern.ops import available_backends
 from spikekern.ops.spike_pack import set_validation
 
-BACKEND_ERRORS = available_backends(torch.empty(1, device=DEVICE))
-TRITON_USABLE = BACKEND_ERRORS["triton"] is None
-FAST_BACKENDS = [name for name in ("cuda", "triton") if BACKEND_ERRORS[name] is None]
 # (backend, path) pairs that run here; the torch backend has one path.
 RUNS = [("torch", "auto")] + [(backend, path) for backend in FAST_BACKENDS for path in ("dense", "sparse")]
-FLOAT_TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-GPU_ONLY = pytest.mark.skipif(DEVICE != "cuda", reason="bfloat16 needs a GPU (the Triton interpreter has none)")
 
 
 def make_problem(shape, out_features, rate, dtype=torch.float32, seed=0):
@@ -45,14 +31,6 @@ def make_problem(shape, out_features, rate, dtype=torch.float32, seed=0):
     bias = torch.randn(out_features, generator=generator).to(DEVICE, dtype)
     grad_out = torch.randn(*shape[:-1], out_features, generator=generator).to(DEVICE, dtype)
     return spikes, weight, bias, grad_out
-
-
-def forward_backward(function, spikes, weight, bias, grad_out):
-    """Output and the gradients of (spikes, weight, bias) for the given output gradient."""
-    leaves = [t.detach().clone().requires_grad_() for t in (spikes, weight, bias)]
-    out = function(*leaves)
-    out.backward(grad_out)
-    return out.detach(), [leaf.grad for leaf in leaves]
 
 
 def check_close_to_f_linear(backend, path, problem, dtype):
@@ -195,7 +173,7 @@ def test_cuda_schemas_take_the_triton_host_functions_arguments(kernel):
     """spike_linear calls a kernel of either backend with the same positional arguments: the C++ schema
     of its CUDA op must list the Triton host function's arguments in order, and return one tensor."""
     triton_spike_linear = pytest.importorskip("spikekern.ops.triton.spike_linear")
-    schema = spike_cuda_schemas()[CUDA_KERNEL_OPS[kernel]]
+    schema = cuda_schemas()[CUDA_KERNEL_OPS[kernel]]
     names = [argument.name for argument in schema.arguments]
     assert names == list(inspect.signature(getattr(triton_spike_linear, kernel)).parameters)
     assert len(schema.returns) == 1
@@ -231,78 +209,29 @@ def test_torch_compile_fullgraph_has_no_graph_break():
 # Ahead-of-time compilation for sm_90 (no GPU needed)
 # ----------------------------------------------------------------------------------------------
 
-ELEMENT_TYPES = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
-# Pointers that are not the element dtype, by kernel argument name.
-INT32_POINTERS = ("packed_ptr", "invalid_ptr")
 AOT_CASES = (
-    [("spike_pack", "_pack_kernel", dtype, {"VALIDATE": v, "BLOCK_ROWS": 16, "BLOCK_WORDS": 8})
+    [spike_aot_case("spike_pack", "_pack_kernel", dtype, {"VALIDATE": v, "BLOCK_ROWS": 16, "BLOCK_WORDS": 8})
      for dtype in ("float32", "bfloat16") for v in (True, False)]
-    + [("spike_pack", "_unpack_kernel", "float16", {"BLOCK_ROWS": 16, "BLOCK_K": 256})]
-    + [("spike_linear", "_dense_forward_kernel", dtype,
+    + [spike_aot_case("spike_pack", "_unpack_kernel", "float16", {"BLOCK_ROWS": 16, "BLOCK_K": 256})]
+    + [spike_aot_case("spike_linear", "_dense_forward_kernel", dtype,
         {"HAS_BIAS": True, "DOT_PRECISION": precision, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64})
        for dtype, precision in (("float32", "tf32x3"), ("float16", "tf32"), ("bfloat16", "tf32"))]
-    + [("spike_linear", "_sparse_forward_kernel", dtype, {"HAS_BIAS": True, "BLOCK_N": 128})
+    + [spike_aot_case("spike_linear", "_sparse_forward_kernel", dtype, {"HAS_BIAS": True, "BLOCK_N": 128})
        for dtype in ("float32", "bfloat16")]
-    + [("spike_linear", "_dense_grad_weight_kernel", dtype,
+    + [spike_aot_case("spike_linear", "_dense_grad_weight_kernel", dtype,
         {"DOT_PRECISION": precision, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64})
        for dtype, precision in (("float32", "tf32x3"), ("bfloat16", "tf32"))]
-    + [("spike_linear", "_sparse_grad_weight_kernel", dtype, {"BLOCK_N": 128}) for dtype in ("float32", "bfloat16")]
+    + [spike_aot_case("spike_linear", "_sparse_grad_weight_kernel", dtype, {"BLOCK_N": 128}) for dtype in ("float32", "bfloat16")]
 )  # fmt: skip
-
-
-def aot_compile(module_name, kernel_name, dtype, constexprs, arch=90):
-    import importlib
-
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    kernel = getattr(importlib.import_module(f"spikekern.ops.triton.{module_name}"), kernel_name)
-    signature = {}
-    for name in kernel.arg_names:
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name in INT32_POINTERS:
-            signature[name] = "*i32"
-        elif name.endswith("_ptr"):
-            signature[name] = ELEMENT_TYPES[dtype]
-        else:
-            signature[name] = "i32"
-    indexed = {(kernel.arg_names.index(name),): value for name, value in constexprs.items()}
-    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=indexed),
-                              target=GPUTarget("cuda", arch, 32))  # fmt: skip
-    return compiled.asm["ptx"]
-
 
 @pytest.fixture(scope="module")
 def aot_results():
-    environment = {**os.environ, "TRITON_INTERPRET": "0"}  # the interpreter's kernels cannot be compiled
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
-    result = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=environment,
-                            cwd=os.path.dirname(__file__))  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout)
+    return compile_in_subprocess(AOT_CASES)
 
 
-@pytest.mark.parametrize("index", range(len(AOT_CASES)), ids=lambda i: f"{AOT_CASES[i][1]}-{AOT_CASES[i][2]}")
+@pytest.mark.parametrize("index", range(len(AOT_CASES)), ids=case_id(AOT_CASES))
 def test_triton_kernels_compile_for_sm90(aot_results, index):
     result = aot_results[index]
     assert result["ok"], f"{AOT_CASES[index]}: {result['error']}"
-    if "dense" in AOT_CASES[index][1]:
+    if "dense" in AOT_CASES[index]["kernel"]:
         assert result["tensor_cores"], "the dense kernels must use tensor-core MMA instructions on sm_90"
-
-
-def main():
-    results = []
-    for case in AOT_CASES:
-        try:
-            ptx = aot_compile(*case)
-            results.append({"ok": True, "tensor_cores": "wgmma" in ptx or "mma.sync" in ptx})
-        except Exception as error:  # reported to the test, which fails with it
-            results.append({"ok": False, "error": f"{type(error).__name__}: {error}"})
-    json.dump(results, sys.stdout)
-
-
-if __name__ == "__main__":
-    main()

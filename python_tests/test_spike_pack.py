@@ -6,19 +6,16 @@ kernels run where the extension is built and a GPU is present.
 """
 
 import inspect
-import pathlib
-import re
 
 import pytest
 import torch
-from conftest import DEVICE
+from conftest import DEVICE, cuda_schemas
+from spike_helpers import FAST_BACKENDS
 
 from spikekern.ops import spike_pack
-from spikekern.ops import available_backends
 from spikekern.ops.spike_pack import pack_spikes, set_validation, unpack_spikes
 
-BACKEND_ERRORS = available_backends(torch.empty(1, device=DEVICE))
-BACKENDS = ["torch"] + [name for name in ("cuda", "triton") if BACKEND_ERRORS[name] is None]
+BACKENDS = ["torch"] + FAST_BACKENDS
 SHAPES = [(0,), (1,), (31,), (3, 32), (2, 33), (4, 0), (0, 7), (2, 3, 65), (5, 300)]
 
 
@@ -109,22 +106,12 @@ def test_opcheck(backend):
     torch.library.opcheck(torch.ops.spikekern.unpack_spikes.default, (packed, 45, torch.float16, backend))
 
 
-def spike_cuda_schemas():
-    """The spikekern_cuda schemas that csrc/spike/spike_bindings.cpp defines (no need to build the extension)."""
-    source = (pathlib.Path(__file__).parents[1] / "csrc" / "spike" / "spike_bindings.cpp").read_text()
-    schemas = {}
-    for definition in re.findall(r"m\.def\((.*?)\);", source, flags=re.S):
-        schema = torch._C.parse_schema("".join(re.findall(r'"([^"]*)"', definition)))
-        schemas[schema.name] = schema
-    return schemas
-
-
 @pytest.mark.parametrize("op_name,returns", [("pack_spikes", 2), ("unpack_spikes", 1)])
 def test_cuda_schemas_take_the_triton_host_functions_arguments(op_name, returns):
     """spike_pack calls the CUDA op and the Triton host function of a kernel with the same positional
     arguments: the C++ schema must list them in the Triton function's order, and return as many tensors."""
     triton_spike_pack = pytest.importorskip("spikekern.ops.triton.spike_pack")
-    schema = spike_cuda_schemas()[op_name]
+    schema = cuda_schemas()[op_name]
     names = [argument.name for argument in schema.arguments]
     assert names == list(inspect.signature(getattr(triton_spike_pack, op_name)).parameters)
     assert len(schema.returns) == returns

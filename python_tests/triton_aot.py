@@ -4,7 +4,7 @@
 process where TRITON_INTERPRET is unset: the interpreter replaces kernels with Python functions that
 cannot be compiled. The script prints, as JSON, each case's PTX facts or its compile error. A case
 (made by ``case``) names a kernel of a module of ``spikekern.ops.triton``, its constexprs, the element
-dtype, the target arch and which pointer arguments are float32 whatever the element dtype.
+dtype, the target arch and the types of the arguments that are not of the element dtype.
 """
 
 import importlib
@@ -17,10 +17,14 @@ POINTER_TYPES = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
 STATE_POINTER_TYPES = {1: "*fp32", 2: "*i16"}  # mode 3 hands the kernel x_seq itself
 
 
-def case(module, kernel, constexprs, dtype="float32", arch=90, float32_pointers=()):
+def case(module, kernel, constexprs, dtype="float32", arch=90, float32_pointers=(), pointer_types=None,
+         scalar_type="fp32"):  # fmt: skip
+    """pointer_types: Triton types of pointers that are neither the element dtype nor float32 (e.g. the
+    spike ops' packed words, "*i32"); scalar_type: that of the scalar arguments other than T and M."""
     return {
         "module": module, "kernel": kernel, "constexprs": constexprs, "dtype": dtype, "arch": arch,
-        "float32_pointers": list(float32_pointers),
+        "float32_pointers": list(float32_pointers), "pointer_types": dict(pointer_types or {}),
+        "scalar_type": scalar_type,
     }  # fmt: skip
 
 
@@ -42,6 +46,8 @@ def compile_case(spec):
     for name in kernel.arg_names:
         if name in constexprs:
             signature[name] = "constexpr"
+        elif name in spec["pointer_types"]:
+            signature[name] = spec["pointer_types"][name]
         elif name == "state_ptr":
             signature[name] = STATE_POINTER_TYPES.get(constexprs["STATE_MODE"], element)
         elif name in spec["float32_pointers"]:
@@ -49,12 +55,12 @@ def compile_case(spec):
         elif name.endswith("_ptr"):
             signature[name] = element
         else:
-            signature[name] = "i64" if name in ("T", "M") else "fp32"
+            signature[name] = "i64" if name in ("T", "M") else spec["scalar_type"]
     indexed = {(kernel.arg_names.index(name),): value for name, value in constexprs.items()}
     source = ASTSource(fn=kernel, signature=signature, constexprs=indexed)
-    options = {"num_warps": kernels.NUM_WARPS, "enable_fp_fusion": False}
+    options = {"num_warps": getattr(kernels, "NUM_WARPS", 4), "enable_fp_fusion": False}
     ptx = triton.compile(source, target=GPUTarget("cuda", spec["arch"], 32), options=options).asm["ptx"]
-    return {"fma": "fma" in ptx, "div_rn": "div.rn.f32" in ptx}
+    return {"fma": "fma" in ptx, "div_rn": "div.rn.f32" in ptx, "tensor_cores": "wgmma" in ptx or "mma.sync" in ptx}
 
 
 def compile_in_subprocess(cases):
