@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .nn.leaky import Leaky, snntorch_surrogate_spec
-from .nn.neuron import IFNode, LIFNode, ParametricLIFNode
+from .nn.neuron import BaseNode, IFNode, LIFNode, ParametricLIFNode
+from .nn.spike_layers import SpikeConv2d, SpikeLinear
 from .ops import BACKENDS
 from .surrogate import surrogate_spec
 
@@ -92,12 +93,73 @@ def _spikekern_neuron(module, kind, backend):
     return new
 
 
+def _emits_binary_spikes(module):
+    """Whether a (converted) neuron's output is exactly 0/1: what a spike-driven layer may read."""
+    if isinstance(module, BaseNode):
+        return True
+    if isinstance(module, Leaky):
+        returns_spikes_only = module.init_hidden and not module.output
+        return returns_spikes_only and bool(torch.all(module.graded_spikes_factor == 1))
+    return False
+
+
+# Layers whose output is binary whenever their input is: spikes pass through them unchanged in value.
+_BINARY_PRESERVING = (torch.nn.Flatten, torch.nn.Unflatten, torch.nn.Identity, torch.nn.MaxPool1d, torch.nn.MaxPool2d)
+
+
+def _why_not_spike_layer(layer):
+    if isinstance(layer, torch.nn.Conv2d):
+        if layer.padding_mode != "zeros":
+            return f"padding_mode={layer.padding_mode!r} (only 'zeros' is supported)"
+        if isinstance(layer.padding, str):
+            return f"padding={layer.padding!r} (explicit padding only)"
+    return None
+
+
+def _spike_layer(layer, backend):
+    step_mode = getattr(layer, "step_mode", "s")
+    with torch.device("meta"):  # the parameters are taken over from the layer, so none are allocated here
+        if isinstance(layer, torch.nn.Conv2d):
+            new = SpikeConv2d(
+                layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                layer.groups, layer.bias is not None, step_mode=step_mode, backend=backend,
+            )  # fmt: skip
+        else:
+            new = SpikeLinear(layer.in_features, layer.out_features, layer.bias is not None, step_mode=step_mode, backend=backend)
+    new.weight, new.bias = layer.weight, layer.bias
+    new.train(layer.training)
+    return new
+
+
+def _convert_spike_layers(model, backend, report):
+    """In every nn.Sequential, a Conv2d or Linear after a spikekern neuron whose output is binary (with
+    only flattening or max pooling in between) becomes a SpikeConv2d / SpikeLinear (same Parameters)."""
+    for parent_name, parent in list(model.named_modules()):
+        if not isinstance(parent, torch.nn.Sequential):
+            continue
+        spikes_in = False
+        for child_name, child in list(parent.named_children()):
+            name = f"{parent_name}.{child_name}" if parent_name else child_name
+            is_layer = isinstance(child, (torch.nn.Conv2d, torch.nn.Linear))
+            is_spike_layer = isinstance(child, (SpikeConv2d, SpikeLinear))
+            if is_layer and not is_spike_layer and spikes_in:
+                reason = _why_not_spike_layer(child)
+                if reason is not None:
+                    report.left.append((name, _class_name(child), reason))
+                else:
+                    new = _spike_layer(child, backend)
+                    setattr(parent, child_name, new)
+                    report.replaced.append((name, _class_name(child), _class_name(new)))
+            spikes_in = _emits_binary_spikes(child) or (spikes_in and isinstance(child, _BINARY_PRESERVING))
+
+
 def convert(model: torch.nn.Module, backend=None, spike_layers=True) -> ConversionReport:
     """Replace SpikingJelly and snnTorch neurons in ``model`` (in place) with spikekern's; return what was done.
 
     backend: the backend of the new neurons (None: the best available per call).
-    spike_layers: also replace convolution and linear layers whose input is spikes with spike-driven
-        layers. Those layers are not part of spikekern yet, so such layers are reported as left.
+    spike_layers: also replace every ``Conv2d``/``Linear`` that follows a spikekern neuron with binary
+        output in an ``nn.Sequential``, directly or through flattening/max pooling (so its input is
+        provably spikes), with ``SpikeConv2d`` / ``SpikeLinear``, which keep only the input's bits.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -122,7 +184,5 @@ def convert(model: torch.nn.Module, backend=None, spike_layers=True) -> Conversi
     if _neuron_kind(model) is not None:
         report.left.append(("", _class_name(model), "the model itself is a neuron: wrap it to convert it"))
     if spike_layers:
-        report.left.append(
-            ("*", "convolution and linear layers", "spike-driven SpikeConv2d/SpikeLinear are not in spikekern yet")
-        )
+        _convert_spike_layers(model, backend, report)
     return report

@@ -3,6 +3,7 @@ fused ops, and stateless layers with ``step_mode``."""
 
 from .leaky import Leaky
 from .neuron import BaseNode, IFNode, LIFNode, ParametricLIFNode
+from .spike_layers import SpikeConv2d, SpikeLinear
 from .stateless import (
     AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, GroupNorm, Linear, MaxPool2d,
     StepModeMixin, Upsample,
@@ -10,5 +11,5 @@ from .stateless import (
 
 __all__ = [
     "AdaptiveAvgPool2d", "AvgPool2d", "BaseNode", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Flatten",
-    "GroupNorm", "IFNode", "Leaky", "LIFNode", "Linear", "MaxPool2d", "ParametricLIFNode", "StepModeMixin", "Upsample",
+    "GroupNorm", "IFNode", "Leaky", "LIFNode", "Linear", "MaxPool2d", "ParametricLIFNode", "SpikeConv2d", "SpikeLinear", "StepModeMixin", "Upsample",
 ]  # fmt: skip
