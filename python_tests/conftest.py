@@ -120,3 +120,18 @@ def cuda_schemas():
             schema = torch._C.parse_schema("".join(re.findall(r'"([^"]*)"', definition)))
             schemas[schema.name] = schema
     return schemas
+
+
+def training_losses(model, loss_of, steps, lr, reset):
+    """The losses of ``steps`` SGD steps on ``model``, which ``reset(model)`` clears before each step;
+    ``loss_of(model)`` runs it and returns the loss. Used to check that a converted model trains alike."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        reset(model)
+        loss = loss_of(model)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import assert_bit_equal, assert_close_verbose
+from conftest import assert_bit_equal, assert_close_verbose, training_losses
 
 import spikekern
 import spikekern.nn as sknn
@@ -121,19 +121,15 @@ def test_convert_snntorch_network_same_outputs_and_training():
     generator = torch.Generator().manual_seed(1)
     images = torch.rand(5, 8, 1, 6, 6, generator=generator) * 2
     labels = torch.randint(0, 10, (8,), generator=generator)
-    losses = {}
-    for name, model in (("original", original), ("converted", converted)):
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
-        losses[name] = []
-        for _ in range(5):
-            # snnTorch's own reset only knows its classes; spikekern's reset_net resets both.
-            (spikekern.functional.reset_net if name == "converted" else snn_utils.reset)(model)
-            membranes = torch.stack([model(x)[1] for x in images])
-            loss = torch.nn.functional.cross_entropy(membranes.mean(0), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses[name].append(loss.item())
+    def loss_of(model):
+        membranes = torch.stack([model(x)[1] for x in images])
+        return torch.nn.functional.cross_entropy(membranes.mean(0), labels)
+
+    # snnTorch's own reset only knows its classes; spikekern's reset_net resets both.
+    losses = {
+        "original": training_losses(original, loss_of, 5, 0.2, snn_utils.reset),
+        "converted": training_losses(converted, loss_of, 5, 0.2, spikekern.functional.reset_net),
+    }
     assert losses["converted"] == pytest.approx(losses["original"], rel=1e-5, abs=1e-6)
     assert losses["converted"][-1] < losses["converted"][0]
 

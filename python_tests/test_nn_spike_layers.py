@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import assert_bit_equal
+from conftest import assert_bit_equal, training_losses
 
 import spikekern
 import spikekern.nn as sknn
@@ -82,17 +82,12 @@ def test_convert_replaces_layers_that_read_spikes_and_trains_the_same():
     assert isinstance(converted[8], sknn.SpikeLinear) and isinstance(converted[0], torch.nn.Conv2d)
     images = torch.rand(8, 1, 6, 6, generator=torch.Generator().manual_seed(1)) * 3
     labels = torch.arange(8) % 10
-    losses = {}
-    for name, model in (("original", original), ("converted", converted)):
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-        losses[name] = []
-        for _ in range(4):
-            spikekern.functional.reset_net(model)
-            loss = torch.nn.functional.cross_entropy(model(images), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses[name].append(loss.item())
+    losses = {
+        name: training_losses(
+            model, lambda m: torch.nn.functional.cross_entropy(m(images), labels), 4, 0.5, spikekern.functional.reset_net
+        )
+        for name, model in (("original", original), ("converted", converted))
+    }  # fmt: skip
     assert losses["converted"] == pytest.approx(losses["original"], rel=1e-5, abs=1e-6)
     assert losses["converted"][-1] < losses["converted"][0]
 

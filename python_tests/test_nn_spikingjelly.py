@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import assert_bit_equal, assert_close_verbose
+from conftest import assert_bit_equal, assert_close_verbose, training_losses
 
 import spikekern
 import spikekern.nn as sknn
@@ -145,18 +145,12 @@ def test_convert_spikingjelly_network_same_outputs_and_training():
     generator = torch.Generator().manual_seed(1)
     images = torch.rand(4, 8, 1, 6, 6, generator=generator) * 2
     labels = torch.randint(0, 10, (8,), generator=generator)
-    losses = {}
-    for name, model in (("original", original), ("converted", converted)):
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
-        losses[name] = []
-        for _ in range(6):
-            sj_functional.reset_net(model)
-            rates = model(images).mean(0)
-            loss = torch.nn.functional.cross_entropy(rates, labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses[name].append(loss.item())
+    losses = {
+        name: training_losses(
+            model, lambda m: torch.nn.functional.cross_entropy(m(images).mean(0), labels), 6, 0.2, sj_functional.reset_net
+        )
+        for name, model in (("original", original), ("converted", converted))
+    }  # fmt: skip
     assert losses["converted"] == pytest.approx(losses["original"], rel=1e-5, abs=1e-6)
     assert losses["converted"][-1] < losses["converted"][0]
     converted_state = converted.state_dict()
