@@ -16,6 +16,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 from spikekern.ops import available_backends  # noqa: E402
+from spikekern.surrogate import HeavisideWithSurrogate  # noqa: E402,F401  (re-exported for the tests)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -60,23 +61,6 @@ def pytest_collection_modifyitems(config, items):
 # ----------------------------------------------------------------------------------------------
 # Helpers shared by the tests of several ops
 # ----------------------------------------------------------------------------------------------
-
-
-class HeavisideWithSurrogate(torch.autograd.Function):
-    """spike = (x >= 0), backward = the surrogate: how SpikingJelly builds its eager loop."""
-
-    @staticmethod
-    def forward(ctx, x, surrogate_id, alpha):
-        ctx.save_for_backward(x)
-        ctx.surrogate = (surrogate_id, alpha)
-        return (x >= 0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        from spikekern.ops.surrogate import surrogate_gradient
-
-        (x,) = ctx.saved_tensors
-        return grad * surrogate_gradient(x, *ctx.surrogate), None, None
 
 
 def saved_bytes_per_element(function, x_seq):

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("triton")
 
 from triton_aot import case as aot_case  # noqa: E402
-from triton_aot import case_id, compile_in_subprocess  # noqa: E402
+from triton_aot import compile_test  # noqa: E402
 
 FORWARD = dict(RESET=0, PER_NEURON_BETA=True, HAS_MEM_INIT=True, OUTPUT_MEM_SEQ=False, STATE_MODE=0, BLOCK=1024)
 BACKWARD = dict(RESET=0, SURROGATE=1, PER_NEURON_BETA=True, HAS_MEM_INIT=True, HAS_GRAD_MEM=True, OUTPUT_MEM_SEQ=False,
@@ -39,15 +39,10 @@ CASES = (
 )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def compiled():
-    return compile_in_subprocess(CASES)
-
-
-@pytest.mark.parametrize("index", range(len(CASES)), ids=case_id(CASES))
-def test_kernel_compiles_for_gpu(compiled, index):
-    result, spec = compiled[index], CASES[index]
-    assert result["ok"], f"{spec}: {result.get('error')}"
+def check_rounding(spec, result):
+    # The forward, and the backward that re-runs it, must round like the reference, step by step.
     if spec["kernel"] == "_forward_kernel" or spec["constexprs"]["STATE_MODE"] == 3:
-        # The forward, and the backward that re-runs it, must round like the reference, step by step.
         assert not result["fma"], "no multiply-add may be contracted (bit-exactness with the reference)"
+
+
+test_kernel_compiles_for_gpu = compile_test(CASES, check_rounding)

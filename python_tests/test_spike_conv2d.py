@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from conftest import DEVICE, assert_bit_equal, assert_close_verbose
 from spike_helpers import FLOAT_TOLERANCE, GPU_ONLY, TRITON_USABLE, forward_backward, spike_aot_case
-from triton_aot import case_id, compile_in_subprocess
+from triton_aot import compile_test
 
 from spikekern.ops.spike_conv2d import spike_conv2d, spike_conv2d_plan
 from spikekern.ops.spike_pack import set_validation
@@ -231,13 +231,8 @@ AOT_CASES = (
 )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def aot_results():
-    return compile_in_subprocess(AOT_CASES)
-
-
-@pytest.mark.parametrize("index", range(len(AOT_CASES)), ids=case_id(AOT_CASES))
-def test_triton_kernels_compile_for_sm90_with_tensor_cores(aot_results, index):
-    result = aot_results[index]
-    assert result["ok"], f"{AOT_CASES[index]}: {result['error']}"
+def check_tensor_cores(spec, result):
     assert result["tensor_cores"], "the implicit-GEMM kernels must use tensor-core MMA instructions on sm_90"
+
+
+test_triton_kernels_compile_for_sm90_with_tensor_cores = compile_test(AOT_CASES, check_tensor_cores)

@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import DEVICE, assert_bit_equal, assert_close_verbose, cuda_schemas
-from spike_helpers import FAST_BACKENDS, FLOAT_TOLERANCE, GPU_ONLY, TRITON_USABLE, forward_backward, spike_aot_case
-from triton_aot import case_id, compile_in_subprocess
+from spike_helpers import FAST_BACKENDS, FLOAT_TOLERANCE, GPU_ONLY, forward_backward, spike_aot_case
+from triton_aot import compile_test
 
 from spikekern.ops.spike_linear import (
     CUDA_KERNEL_OPS, SPARSE_MAX_DENSITY, ordered_masked_sum, spike_linear, spike_linear_plan,
@@ -224,14 +224,10 @@ AOT_CASES = (
     + [spike_aot_case("spike_linear", "_sparse_grad_weight_kernel", dtype, {"BLOCK_N": 128}) for dtype in ("float32", "bfloat16")]
 )  # fmt: skip
 
-@pytest.fixture(scope="module")
-def aot_results():
-    return compile_in_subprocess(AOT_CASES)
 
-
-@pytest.mark.parametrize("index", range(len(AOT_CASES)), ids=case_id(AOT_CASES))
-def test_triton_kernels_compile_for_sm90(aot_results, index):
-    result = aot_results[index]
-    assert result["ok"], f"{AOT_CASES[index]}: {result['error']}"
-    if "dense" in AOT_CASES[index]["kernel"]:
+def check_tensor_cores(spec, result):
+    if "dense" in spec["kernel"]:
         assert result["tensor_cores"], "the dense kernels must use tensor-core MMA instructions on sm_90"
+
+
+test_triton_kernels_compile_for_sm90 = compile_test(AOT_CASES, check_tensor_cores)

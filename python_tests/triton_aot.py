@@ -33,6 +33,25 @@ def case_id(cases):
     return lambda i: f"{cases[i]['kernel']}-{cases[i]['dtype']}-sm{cases[i]['arch']}-{i}"
 
 
+def compile_test(cases, check=None):
+    """A pytest test, parametrized over ``cases``, asserting each compiles (all are compiled in one
+    subprocess, on first use) and then ``check(spec, result)``, if given."""
+    import pytest
+
+    results = []
+
+    @pytest.mark.parametrize("index", range(len(cases)), ids=case_id(cases))
+    def test(index):
+        if not results:
+            results.extend(compile_in_subprocess(cases))
+        result = results[index]
+        assert result["ok"], f"{cases[index]}: {result.get('error')}"
+        if check is not None:
+            check(cases[index], result)
+
+    return test
+
+
 def compile_case(spec):
     import triton
     from triton.backends.compiler import GPUTarget

@@ -10,7 +10,9 @@ import torch
 from .ops.surrogate import SURROGATES, resolve_surrogate, surrogate_gradient
 
 
-class _HeavisideWithSurrogate(torch.autograd.Function):
+class HeavisideWithSurrogate(torch.autograd.Function):
+    """``spike = (x >= 0)`` forward, the surrogate ``g(x)`` backward (ids: ``spikekern.ops.SURROGATES``)."""
+
     @staticmethod
     def forward(ctx, x, surrogate_id, alpha):
         ctx.save_for_backward(x)
@@ -33,7 +35,7 @@ class SurrogateFunction(torch.nn.Module):
         self.surrogate_id, self.alpha = resolve_surrogate(self.name, alpha)
 
     def forward(self, x):
-        return _HeavisideWithSurrogate.apply(x, self.surrogate_id, self.alpha)
+        return HeavisideWithSurrogate.apply(x, self.surrogate_id, self.alpha)
 
     def extra_repr(self):
         return f"alpha={self.alpha}"
