@@ -87,11 +87,14 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["spikekern", "spikekern.*"]),
-    install_requires=["torch>=2.11", "numpy", "tqdm"],
+    # The embedded default checkpoints and the digit classifier the evaluation uses.
+    package_data={"spikekern": ["assets/*.safetensors", "assets/*.json"]},
+    install_requires=["torch>=2.11", "numpy", "tqdm", "safetensors", "pillow", "scikit-learn"],
     extras_require={
         "triton": ["triton>=3.6"],
-        "demo": ["scikit-learn", "matplotlib"],
-        "test": ["pytest>=8", "pytest-benchmark>=4", "triton>=3.6", "scikit-learn", "matplotlib"],
+        "demo": ["matplotlib"],
+        "fid": ["torch-fidelity"],
+        "test": ["pytest>=8", "pytest-benchmark>=4", "triton>=3.6", "matplotlib", "scipy"],
         "bench": ["pytest-benchmark>=4", "matplotlib"],
     },
     ext_modules=ext_modules,

@@ -214,3 +214,20 @@ def test_cuda_graph_capture(backend):
     captured = replay_in_cuda_graph(step, (x_seq, w))
     expected = plif_multistep(x_seq.detach(), w.detach(), backend="torch")[0]
     assert_bit_equal(captured, expected, "spikes from the replayed graph")
+
+
+def test_keep_state_false_makes_every_call_a_fresh_sequence():
+    from spikekern.nn import IFNode, LIFNode
+
+    x = torch.rand(3, 2, 5) * 1.5
+    for neuron_class in (IFNode, LIFNode):
+        stateless = neuron_class(step_mode="m", keep_state=False)
+        stateful = neuron_class(step_mode="m")
+        first = stateless(x)
+        assert torch.equal(first, stateful(x))
+        assert torch.equal(stateless(x), first)  # a stateful neuron would go on from its membrane
+        assert stateless.v == 0.0 and "keep_state=False" in repr(stateless)
+        single = neuron_class(keep_state=False)
+        assert torch.equal(single(x[0]), first[0]) and torch.equal(single(x[0]), first[0])
+    with pytest.raises(TypeError, match="keep_state"):
+        IFNode(keep_state=1)

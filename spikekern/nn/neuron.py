@@ -6,6 +6,10 @@ as the float ``v_reset`` (0 for soft reset), becomes a tensor after the first ca
 between calls until ``reset()``; ``step_mode`` 's' takes ``[N, *]`` per call and 'm' takes
 ``[T, N, *]``; ``store_v_seq`` keeps every step's membrane in ``v_seq``. Outputs are bit-identical to
 SpikingJelly's in float32.
+
+``keep_state=False`` (keyword-only, spikekern's own) makes every call a whole sequence that starts from the
+initial membrane and keeps nothing afterwards: what a network that sees all T steps in one call wants
+(no ``reset_net`` between calls, no membrane held after the forward, nothing for CUDA graphs to capture).
 """
 
 import math
@@ -37,9 +41,10 @@ class BaseNode(HasStepMode, HasBackend, torch.nn.Module):
 
     def __init__(
         self, v_threshold=1.0, v_reset=0.0, surrogate_function=None, detach_reset=False, step_mode="s",
-        store_v_seq=False, *, backend=None,
+        store_v_seq=False, *, backend=None, keep_state=True,
     ):  # fmt: skip
         super().__init__()
+        self.keep_state = _check_bool("keep_state", keep_state)
         self.v_threshold = _check_float("v_threshold", v_threshold)
         self.v_reset = _check_float("v_reset", v_reset, allow_none=True)
         self.surrogate_function = Sigmoid() if surrogate_function is None else surrogate_function
@@ -85,19 +90,21 @@ class BaseNode(HasStepMode, HasBackend, torch.nn.Module):
         )  # fmt: skip
 
     def _run(self, x_seq):
-        outputs = self._multistep(x_seq, self._v_init_for(x_seq[0]), **self._op_options())
-        spikes, self.v = outputs[0], outputs[1]
-        return spikes, outputs[2] if self.store_v_seq else None
+        v_init = self._v_init_for(x_seq[0]) if self.keep_state else None
+        outputs = self._multistep(x_seq, v_init, **self._op_options())
+        if self.keep_state:
+            self.v = outputs[1]
+        return outputs[0], outputs[1], outputs[2] if self.store_v_seq else None
 
     def forward(self, x):
         if self.step_mode == "m":
-            spikes, v_seq = self._run(x)
+            spikes, _, v_seq = self._run(x)
             if self.store_v_seq:
                 self.v_seq = v_seq
             return spikes
-        spikes, _ = self._run(x.unsqueeze(0))
+        spikes, v_last, _ = self._run(x.unsqueeze(0))
         if self.store_v_seq:
-            self._append_v_seq(self.v)
+            self._append_v_seq(v_last)
         return spikes[0]
 
     def _append_v_seq(self, v):
@@ -112,7 +119,7 @@ class BaseNode(HasStepMode, HasBackend, torch.nn.Module):
         return (
             f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, detach_reset={self.detach_reset}, "
             f"step_mode={self.step_mode}, backend={self.backend}"
-        )
+        ) + ("" if self.keep_state else ", keep_state=False")
 
 
 class IFNode(BaseNode):
@@ -127,14 +134,17 @@ class LIFNode(BaseNode):
 
     def __init__(
         self, tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0, surrogate_function=None,
-        detach_reset=False, step_mode="s", store_v_seq=False, *, backend=None,
+        detach_reset=False, step_mode="s", store_v_seq=False, *, backend=None, keep_state=True,
     ):  # fmt: skip
         tau = _check_float("tau", tau)
         if tau <= 1:
             raise ValueError(f"tau must be > 1, got {tau}")
         self.tau = tau
         self.decay_input = _check_bool("decay_input", decay_input)
-        super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, step_mode, store_v_seq, backend=backend)
+        super().__init__(
+            v_threshold, v_reset, surrogate_function, detach_reset, step_mode, store_v_seq, backend=backend,
+            keep_state=keep_state,
+        )  # fmt: skip
 
     def _multistep(self, x_seq, v_init, **options):
         return lif_multistep(x_seq, v_init, tau=self.tau, decay_input=self.decay_input, **options)
@@ -149,12 +159,15 @@ class ParametricLIFNode(BaseNode):
 
     def __init__(
         self, init_tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0, surrogate_function=None,
-        detach_reset=False, step_mode="s", store_v_seq=False, *, backend=None,
+        detach_reset=False, step_mode="s", store_v_seq=False, *, backend=None, keep_state=True,
     ):  # fmt: skip
         init_tau = _check_float("init_tau", init_tau)
         if init_tau <= 1:
             raise ValueError(f"init_tau must be > 1, got {init_tau}")
-        super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, step_mode, store_v_seq, backend=backend)
+        super().__init__(
+            v_threshold, v_reset, surrogate_function, detach_reset, step_mode, store_v_seq, backend=backend,
+            keep_state=keep_state,
+        )  # fmt: skip
         self.decay_input = _check_bool("decay_input", decay_input)
         self.w = torch.nn.Parameter(torch.as_tensor(-math.log(init_tau - 1.0)))
 

@@ -1,0 +1,40 @@
+"""What the command-line programs share: one clear error line instead of a traceback, device choice."""
+
+import sys
+
+import torch
+
+from .checkpoint import CheckpointError
+
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, CheckpointError)
+
+
+def run_main(main, program, argv=None):
+    """Run ``main(argv)``; a user error (bad argument, missing data, corrupt checkpoint) prints one line
+    ``<program>: error: <message>`` and exits with status 2, as argparse does for its own errors."""
+    try:
+        return main(argv)
+    except USER_ERRORS as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def resolve_device(name):
+    """``auto`` -> CUDA when available, else CPU; any other name is checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device: unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available here")
+    return device
+
+
+def spike_conv_for(device, choice):
+    """Whether convolutions that read spikes run as SpikeConv2d: by default on GPUs, where the
+    spike-driven kernels and 1-bit saved inputs pay off; on a CPU the reference path would only add work."""
+    if choice == "auto":
+        return device.type == "cuda"
+    return choice == "on"

@@ -1,0 +1,151 @@
+"""Pieces the spiking diffusion U-Nets share: the diffusion-step embedding and the neuron factory."""
+
+import contextlib
+import math
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..nn import BaseNode, IFNode, Leaky, LIFNode, SpikeConv2d
+from ..nn.stateless import Conv2d
+from ..surrogate import ATan
+
+
+def sinusoidal_embedding(t, dim, max_period=10000.0, *, endpoint=False):
+    """Transformer-style embedding of diffusion steps ``t`` [B] -> [B, dim], as the DDPM code lays it out:
+    frequencies ``exp(-log(max_period) * 2i / dim)``, sine and cosine interleaved per frequency.
+
+    ``endpoint=True`` spaces the exponents as ``i / (dim/2 - 1)`` instead, so that the lowest frequency is
+    exactly ``1 / max_period``: the layout of the TensorFlow DDPM code and of FSDDIM's table."""
+    if dim % 2:
+        raise ValueError(f"the embedding dimension must be even, got {dim}")
+    if endpoint and dim < 4:
+        raise ValueError(f"endpoint=True needs at least two frequencies (dim >= 4), got dim={dim}")
+    if endpoint:
+        exponents = torch.linspace(0.0, 1.0, dim // 2, device=t.device, dtype=torch.float32)
+    else:
+        exponents = torch.arange(0, dim, 2, device=t.device, dtype=torch.float32) / dim
+    angles = t.float()[:, None] * torch.exp(-math.log(max_period) * exponents)[None, :]
+    return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(1)
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoid(``dim``) -> Linear -> Swish -> Linear, the DDPM U-Net's diffusion-step embedding."""
+
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.dim = dim
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, t):
+        return self.mlp(sinusoidal_embedding(t, self.dim))
+
+
+NEURONS = ("if", "lif", "relu")
+
+
+def make_neuron(kind, v_threshold=1.0):
+    """A multi-step neuron over ``[T, B, ...]`` that starts every call from rest (``keep_state=False``):
+    each network call is a whole spike sequence, so nothing needs resetting between calls. ``relu``
+    stands in for the neuron in the ANN counterpart."""
+    if kind == "if":
+        return IFNode(v_threshold, 0.0, ATan(), step_mode="m", keep_state=False)
+    if kind == "lif":
+        return LIFNode(2.0, True, v_threshold, 0.0, ATan(), step_mode="m", keep_state=False)
+    if kind == "relu":
+        return nn.ReLU()
+    raise ValueError(f"neuron must be one of {list(NEURONS)}, got {kind!r}")
+
+
+def conv_after_neuron(neuron_kind, spike_conv, in_channels, out_channels, kernel_size, stride=1, padding=0):
+    """The convolution that reads a neuron's output ``[T, B, C, H, W]``: ``SpikeConv2d`` (1 bit per input
+    saved for backward) when the neuron spikes and ``spike_conv`` is set, else a time-folded ``Conv2d``.
+    Both hold the same parameters under the same names, so checkpoints load either way."""
+    if spike_conv and neuron_kind != "relu":
+        return SpikeConv2d(in_channels, out_channels, kernel_size, stride, padding, step_mode="m")
+    return Conv2d(in_channels, out_channels, kernel_size, stride, padding, step_mode="m")
+
+
+def xavier_init(module, gain=1.0):
+    """Xavier-uniform weights and zero biases for every convolution and linear layer in ``module``."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(layer.weight, gain=gain)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
+class TimeFoldedBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d over ``[T, B, C, H, W]`` with time folded into the batch (statistics shared over the T
+    steps, as SDDPM's code normalises ``[T*B, C, H, W]``); ``[B, C, H, W]`` is taken as it is.
+
+    In training under ``torch.distributed`` with more than one process, the batch statistics are those of
+    the global batch on every device, CPU (gloo) included, which ``nn.SyncBatchNorm`` refuses: so a DDP
+    step equals the single-process step on the whole batch. The all-reduces are differentiable, giving
+    the gradient of the global-batch normalisation.
+    """
+
+    def forward(self, x):
+        folded = x.flatten(0, 1) if x.dim() == 5 else x
+        if self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            y = self._global_batch_norm(folded)
+        else:
+            y = super().forward(folded)
+        return y.unflatten(0, x.shape[:2]) if x.dim() == 5 else y
+
+    def _global_batch_norm(self, x):
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = (0, 2, 3)
+        count = torch.tensor(float(x.numel() // x.shape[1]), device=x.device)
+        count = all_reduce(count)
+        mean = all_reduce(x.sum(dims, dtype=torch.float32)) / count
+        centred = x - mean.to(x.dtype)[None, :, None, None]
+        # Two passes (mean, then squared deviations) instead of E[x^2] - E[x]^2, which cancels badly.
+        var = all_reduce(centred.square().sum(dims, dtype=torch.float32)) / count
+        if self.track_running_stats:
+            with torch.no_grad():
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked + 1)
+                self.num_batches_tracked += 1
+                unbiased = var * count / (count - 1).clamp(min=1)
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+        scale = torch.rsqrt(var + self.eps)
+        if not self.affine:
+            return centred * scale.to(x.dtype)[None, :, None, None]
+        weight, bias = (scale * self.weight).to(x.dtype), self.bias.to(x.dtype)
+        return centred * weight[None, :, None, None] + bias[None, :, None, None]
+
+
+@contextlib.contextmanager
+def neuron_threshold(model, v_threshold):
+    """Run ``model`` with one firing threshold in every spikekern neuron (``BaseNode``'s ``v_threshold``,
+    ``Leaky``'s ``threshold``), restoring the trained ones afterwards: the training-free threshold-guided
+    strategy of SDDPM (Cao et al.; "inhibitory" guidance below the trained 1.0, "excitatory" above it)."""
+    if isinstance(v_threshold, bool) or not isinstance(v_threshold, (int, float)) or not math.isfinite(v_threshold) or v_threshold <= 0:  # fmt: skip
+        raise ValueError(f"v_threshold must be a positive finite float, got {v_threshold!r}")
+    neurons = [module for module in model.modules() if isinstance(module, (BaseNode, Leaky))]
+    if not neurons:
+        raise ValueError("threshold guidance needs a spiking model; this one has no spikekern neurons")
+    trained = [_threshold_of(neuron) for neuron in neurons]
+    try:
+        for neuron in neurons:
+            _set_threshold(neuron, float(v_threshold))
+        yield model
+    finally:
+        for neuron, threshold in zip(neurons, trained):
+            _set_threshold(neuron, threshold)
+
+
+def _threshold_of(neuron):
+    return neuron.threshold.detach().clone() if isinstance(neuron, Leaky) else neuron.v_threshold
+
+
+def _set_threshold(neuron, threshold):
+    if isinstance(neuron, Leaky):
+        # In place: Leaky's threshold is a buffer, or a parameter when learnable, and stays one.
+        with torch.no_grad():
+            neuron.threshold.copy_(torch.as_tensor(threshold))
+    else:
+        neuron.v_threshold = threshold

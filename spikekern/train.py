@@ -1,0 +1,334 @@
+"""Train a spiking diffusion model.
+
+    python -m spikekern.train --model sddpm --data digits --out runs/digits
+    python -m spikekern.train --model sddpm --preset sddpm-cifar10 --data cifar10:~/data/cifar-10-batches-py \\
+        --out runs/cifar --batch-size 128 --steps 500000
+    torchrun --nproc-per-node 8 -m spikekern.train ...        # DDP, batch split over the processes
+    python -m spikekern.train --model spiking-diffusion --stage vq --out runs/vq       # staged families:
+    python -m spikekern.train --model spiking-diffusion --stage diffusion --init runs/vq/model.safetensors --out runs/sd
+
+Writes ``OUT/last.safetensors`` (weights, EMA weights, optimizer, step: what ``--resume`` continues from),
+``OUT/model.safetensors`` (the EMA weights, what ``python -m spikekern.sample --checkpoint`` reads), each
+with a JSON config beside it, and sample grids ``OUT/samples_<step>.png``. bfloat16 autocast on GPUs
+(``--no-amp`` turns it off), gradient clipping, an EMA of the weights, a tqdm bar with the loss and images/s.
+On resume the weights, EMA, optimizer and step continue; the data order is drawn afresh.
+"""
+
+import argparse
+import copy
+import os
+import shlex
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ._cli import resolve_device, run_main, spike_conv_for
+from .checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
+from .data import load_dataset
+from .images import save_image_grid
+from .pipelines import PIPELINES, pipeline_class, pipeline_from_config
+
+PROGRAM = "python -m spikekern.train"
+
+
+class EMA:
+    """An exponential moving average of a model's parameters (buffers such as BN statistics are copied).
+    The decay ramps up as ``min(decay, (1 + step) / (10 + step))`` so short runs are not dominated by the
+    random initial weights."""
+
+    def __init__(self, model, decay):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"--ema-decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model, step):
+        decay = min(self.decay, (1.0 + step) / (10.0 + step))
+        for average, current in zip(self.model.parameters(), model.parameters()):
+            average.lerp_(current.detach(), 1.0 - decay)
+        for average, current in zip(self.model.buffers(), model.buffers()):
+            average.copy_(current)
+
+
+class Trainer:
+    """One optimisation step at a time: the unit the command drives and the DDP test checks."""
+
+    def __init__(self, pipeline, model, *, lr, ema_decay, grad_clip, amp, device):
+        self.pipeline = pipeline
+        self.model = model
+        self.module = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=lr)
+        self.ema = EMA(self.module, ema_decay)
+        if grad_clip is not None and grad_clip <= 0:
+            raise ValueError(f"--grad-clip must be positive, got {grad_clip}")
+        self.grad_clip = grad_clip
+        self.amp = amp and device.type == "cuda"
+        self.device = device
+        self.step_count = 0
+
+    def step(self, x0, **loss_options):
+        """One step on the batch ``x0`` (this process's share under DDP); returns the loss tensor (no sync)."""
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            loss = self.pipeline.loss(self.model, x0, **loss_options)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.step_count += 1
+        self.ema.update(self.module, self.step_count)
+        return loss.detach()
+
+    def state_tensors(self):
+        tensors = {f"model.{k}": v for k, v in self.module.state_dict().items()}
+        tensors |= {f"ema.{k}": v for k, v in self.ema.model.state_dict().items()}
+        for index, state in self.optimizer.state_dict()["state"].items():
+            tensors |= {f"optimizer.{index}.{k}": v for k, v in state.items()}
+        return tensors
+
+    def load_state_tensors(self, tensors, step):
+        load_state(self.module, tensors, "model.")
+        load_state(self.ema.model, tensors, "ema.")
+        state = {}
+        for name, tensor in tensors.items():
+            if name.startswith("optimizer."):
+                _, index, key = name.split(".", 2)
+                state.setdefault(int(index), {})[key] = tensor
+        self.optimizer.load_state_dict({"state": state, "param_groups": self.optimizer.state_dict()["param_groups"]})
+        self.step_count = step
+
+
+def _distributed_setup(device_name):
+    """``(rank, world_size, device)``; joins the process group when launched by torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, resolve_device(device_name)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world_size, device
+
+
+def _batches(dataset, batch_size, rank, world_size, seed, workers):
+    """Endless batches of this process's share; every pass over the data reshuffles."""
+    sampler = torch.utils.data.DistributedSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
+        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+    )  # fmt: skip
+    if len(loader) == 0:
+        raise ValueError(
+            f"the data set has {len(dataset)} images, fewer than one batch of {batch_size} per process"
+        )
+    epoch = 0
+    while True:
+        sampler.set_epoch(epoch)
+        for images, _ in loader:
+            yield images
+        epoch += 1
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="sddpm", choices=sorted(PIPELINES))
+    parser.add_argument("--preset", default=None, help="network preset (default: the family's digits preset)")
+    parser.add_argument("--neuron", default=None, choices=["if", "lif", "relu"],
+                        help="override the preset's neuron; relu trains the ANN counterpart")  # fmt: skip
+    parser.add_argument("--time-steps", type=int, default=None, help="override the preset's spike steps T")
+    parser.add_argument("--base-channels", type=int, default=None, help="override the preset's base width")
+    parser.add_argument("--stage", default=None,
+                        help="training stage of a staged family (spiking-diffusion: vq, then diffusion)")  # fmt: skip
+    parser.add_argument("--init", default=None, metavar="CHECKPOINT",
+                        help="start from this checkpoint's weights (same family and network; e.g. a later stage "
+                             "from the earlier stage's model.safetensors); the rest keep their initialisation")  # fmt: skip
+    parser.add_argument("--data", default="digits", help="digits | mnist:DIR | fashion-mnist:DIR | cifar10:DIR | celeba:DIR | folder:DIR")
+    parser.add_argument("--out", required=True, help="run directory")
+    parser.add_argument("--steps", type=int, default=10000, help="optimisation steps in total (including resumed ones)")
+    parser.add_argument("--batch-size", type=int, default=64, help="global batch size (split over DDP processes)")
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--grad-clip", type=float, default=1.0)
+    parser.add_argument("--save-every", type=int, default=1000)
+    parser.add_argument("--sample-every", type=int, default=1000)
+    parser.add_argument("--sample-n", type=int, default=64)
+    parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of the sample grids")
+    parser.add_argument("--sampling-defaults", default=None,
+                        help="what `spikekern.sample` uses for this model, e.g. ddim:50 or ddpm (default: the family's)")  # fmt: skip
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=0, help="data loader processes")
+    parser.add_argument("--spike-conv", default="auto", choices=["auto", "on", "off"],
+                        help="SpikeConv2d for convolutions reading spikes (auto: on GPUs)")  # fmt: skip
+    parser.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on GPUs")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _check_positive(args, *names):
+    for name in names:
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+
+
+def parse_sampling_defaults(text):
+    """``ddim:50`` -> {"sampler": "ddim", "steps": 50, "eta": 0.0}; ``ddpm`` -> all steps."""
+    sampler, _, steps = text.partition(":")
+    if sampler not in ("ddpm", "ddim") or (sampler == "ddim") != bool(steps) or (steps and not steps.isdigit()):
+        raise ValueError(f"--sampling-defaults must be 'ddpm' or 'ddim:STEPS', got {text!r}")
+    return {"sampler": sampler, "steps": int(steps) if steps else None, "eta": 0.0}
+
+
+def load_initial_weights(model, pipeline, path):
+    """Load the weights of the checkpoint at ``path`` (``--init``) into ``model``: a checkpoint of the same
+    family and network config, every weight of which must fit; the model's other weights (e.g. a second
+    stage's network) keep their initialisation. Its EMA weights where it has them."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "model.safetensors")
+    tensors, config = load_checkpoint(path)
+    if config.get("family") != pipeline.name:
+        raise CheckpointError(f"--init {path!r} holds a {config.get('family')!r} model, not {pipeline.name!r}")
+    theirs, ours = config.get("model", {}), pipeline.config()["model"]
+    differing = sorted(key for key in theirs.keys() | ours.keys() if theirs.get(key) != ours.get(key))
+    if differing:
+        raise CheckpointError(
+            f"--init {path!r} has another network config ({', '.join(differing)} differ); pass its --preset and overrides"
+        )
+    prefix = "ema." if any(name.startswith("ema.") for name in tensors) else "model."
+    initial = {prefix + name: tensor for name, tensor in model.state_dict().items()}
+    load_state(model, initial | tensors, prefix, source=f"--init checkpoint {path!r}")
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    _check_positive(args, "steps", "batch_size", "save_every", "sample_every", "sample_n", "sample_steps")
+    if args.lr <= 0:
+        raise ValueError(f"--lr must be positive, got {args.lr}")
+    rank, world_size, device = _distributed_setup(args.device)
+    try:
+        _train(args, rank, world_size, device)
+    finally:
+        if world_size > 1:
+            dist.destroy_process_group()
+
+
+def _train(args, rank, world_size, device):
+    if args.batch_size % world_size:
+        raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {world_size} processes")
+    last_path = os.path.join(args.out, "last.safetensors")
+    resumed = None
+    if args.resume and args.init:
+        raise ValueError("--init starts a new run; --resume continues one: pass only one of them")
+    if args.resume:
+        if not os.path.isfile(last_path):
+            raise ValueError(f"--resume: no checkpoint at {last_path}")
+        resumed = load_checkpoint(last_path)
+        pipeline = pipeline_from_config(resumed[1])
+        if pipeline.name != args.model:
+            raise CheckpointError(f"--resume: {last_path} is a {pipeline.name!r} run, not {args.model!r}")
+    else:
+        family = pipeline_class(args.model)
+        pipeline = family.from_preset(
+            args.preset or family.default_preset, neuron=args.neuron, time_steps=args.time_steps,
+            base_channels=args.base_channels, stage=args.stage,
+        )  # fmt: skip
+        if args.sampling_defaults:
+            sampling = parse_sampling_defaults(args.sampling_defaults)
+            pipeline.sampling_options(**sampling)  # a family with other samplers refuses them here
+            pipeline.sampling = sampling
+        if args.init is None and getattr(pipeline, "requires_init", None):
+            raise ValueError(pipeline.requires_init)
+    dataset = load_dataset(args.data, image_size=pipeline.image_shape[-1])
+    if (dataset.channels, dataset.image_size, dataset.image_size) != pipeline.image_shape:
+        raise ValueError(
+            f"--data {args.data} gives {dataset.channels}x{dataset.image_size}x{dataset.image_size} images but the "
+            f"model takes {'x'.join(map(str, pipeline.image_shape))}; choose a matching --preset"
+        )
+
+    torch.manual_seed(args.seed)  # the same initial weights in every process
+    model = pipeline.build_model(spike_conv=spike_conv_for(device, args.spike_conv)).to(device)
+    if args.init is not None:
+        load_initial_weights(model, pipeline, args.init)
+    if world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    trainer = Trainer(
+        pipeline, model, lr=args.lr, ema_decay=args.ema_decay, grad_clip=args.grad_clip, amp=not args.no_amp,
+        device=device,
+    )  # fmt: skip
+    history = {"images_seen": 0, "elapsed_s": 0.0}
+    if resumed is not None:
+        training = resumed[1].get("training", {})
+        trainer.load_state_tensors({k: v.to(device) for k, v in resumed[0].items()}, training.get("step", 0))
+        history = {key: training.get(key, history[key]) for key in history}
+    torch.manual_seed(args.seed * 1000 + rank + 7919 * trainer.step_count)  # distinct noise per process and resume
+    batches = _batches(dataset, args.batch_size // world_size, rank, world_size, args.seed + trainer.step_count, args.workers)
+
+    def save():
+        config = pipeline.config() | {"training": _training_record(args, trainer.step_count, history, float(loss_mean))}
+        save_checkpoint(last_path, trainer.state_tensors(), config)
+        weights = {f"model.{k}": v for k, v in trainer.ema.model.state_dict().items()}
+        save_checkpoint(os.path.join(args.out, "model.safetensors"), weights, config)
+
+    # DDIM grids for the Gaussian families; the others sample with their own defaults, and a stage that
+    # cannot generate (spiking-diffusion's VQ-SVAE) writes none.
+    grid_options = {"sampler": "ddim", "steps": args.sample_steps} if "sampler" in pipeline.sampling else {}
+
+    def sample_grid():
+        generator = torch.Generator(device).manual_seed(args.seed)
+        images = pipeline.sample(trainer.ema.model, args.sample_n, generator=generator, device=device, **grid_options)
+        save_image_grid(images, os.path.join(args.out, f"samples_{trainer.step_count:07d}.png"), scale=_grid_scale(pipeline))
+
+    main_process = rank == 0
+    progress = tqdm(
+        total=args.steps, initial=trainer.step_count, desc=f"training {pipeline.name}", unit="step",
+        disable=args.no_progress or not main_process, dynamic_ncols=True,
+    )  # fmt: skip
+    loss_sum, loss_count, loss_mean = torch.zeros((), device=device), 0, float("nan")
+    window_start, window_images = time.perf_counter(), 0
+    while trainer.step_count < args.steps:
+        images = next(batches).to(device, non_blocking=True)
+        loss_sum += trainer.step(images)
+        loss_count += 1
+        window_images += images.shape[0] * world_size
+        progress.update(1)
+        step = trainer.step_count
+        if step % 20 == 0 or step == args.steps:
+            loss_mean = (loss_sum / loss_count).item()  # the one host sync, every 20 steps
+            elapsed = time.perf_counter() - window_start
+            history["elapsed_s"] += elapsed
+            history["images_seen"] += window_images
+            progress.set_postfix(loss=f"{loss_mean:.4f}", img_per_s=f"{window_images / elapsed:.1f}")
+            loss_sum.zero_()
+            loss_count, window_start, window_images = 0, time.perf_counter(), 0
+        if main_process and (step % args.save_every == 0 or step == args.steps):
+            save()
+        if main_process and getattr(pipeline, "can_sample", True) and (step % args.sample_every == 0 or step == args.steps):
+            sample_grid()
+    progress.close()
+
+
+def _grid_scale(pipeline):
+    return max(1, 128 // pipeline.image_shape[-1])
+
+
+def _training_record(args, step, history, loss):
+    return {
+        "step": step, "batch_size": args.batch_size, "lr": args.lr, "ema_decay": args.ema_decay,
+        "grad_clip": args.grad_clip, "data": args.data, "seed": args.seed, "loss": loss,
+        "command": " ".join([PROGRAM, *map(shlex.quote, args.argv)]), **history,
+    }  # fmt: skip
+
+
+if __name__ == "__main__":
+    run_main(main, PROGRAM)
