@@ -1,5 +1,5 @@
 """The measuring shared by every benchmark: the environment record, device timing, copy bandwidth,
-saved-activation bytes, peak memory and the results file.
+saved-activation bytes, peak memory, per-op profiles and the results file.
 
 Nothing here depends on pytest, so a script can time something the same way the benchmarks do.
 Every line of the results file is self-contained (device, versions, command, the copy bandwidth of
@@ -250,6 +250,41 @@ def peak_memory_bytes(fn, device):
     fn()
     synchronize(device)
     return torch.cuda.max_memory_allocated(device) - allocated_before
+
+
+PROFILE_TOP_OPS = 10
+
+
+def op_profile(fn, device, top=PROFILE_TOP_OPS):
+    """Where one call of ``fn`` spends its time, from ``torch.profiler``: on a GPU the ``top`` kernels by
+    device time, on the CPU the ``top`` ops by self CPU time, each with its calls, milliseconds and share
+    of the call's total.
+
+    On a GPU kernels rather than ops are ranked: every microsecond of device time belongs to exactly one
+    kernel, while an op's device time also holds its children's.
+    """
+    on_gpu = device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if on_gpu:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        fn()
+        synchronize(device)
+    events = profiler.key_averages()
+    if on_gpu:
+        timed = [(e, e.self_device_time_total) for e in events if e.device_type != torch.autograd.DeviceType.CPU]
+    else:
+        timed = [(e, e.self_cpu_time_total) for e in events]
+    total_us = sum(us for _, us in timed)
+    ranked = sorted(timed, key=lambda pair: pair[1], reverse=True)[:top]
+    return {
+        "clock": "device" if on_gpu else "cpu",
+        "total_ms": total_us / 1e3,
+        "ops": [
+            {"name": event.key, "calls": event.count, "self_ms": us / 1e3, "share": us / total_us if total_us else 0.0}
+            for event, us in ranked
+        ],
+    }
 
 
 class SavedActivationMeter(torch.autograd.graph.saved_tensors_hooks):
