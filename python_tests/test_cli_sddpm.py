@@ -32,7 +32,10 @@ def test_train_writes_checkpoints_config_and_sample_grid(run_dir):
     assert config["family"] == "sddpm" and config["model"]["base_channels"] == 8 and config["model"]["time_steps"] == 2
     assert config["sampling"] == {"sampler": "ddim", "steps": 3, "eta": 0.0}
     assert config["training"]["step"] == 4 and config["training"]["images_seen"] == 32
-    assert config["training"]["command"].startswith("python -m spikekern.train --preset digits")
+    assert config["training"]["commands"] == [
+        "python -m spikekern.train " + " ".join([*TINY, "--out", str(run_dir)]) + " --steps 4 --batch-size 8 --save-every 2 "
+        "--sample-every 4 --sample-n 4 --sample-steps 2 --sampling-defaults ddim:3 --no-progress"
+    ]
 
 
 def test_resume_continues_the_step_count(run_dir, tmp_path):
@@ -44,6 +47,8 @@ def test_resume_continues_the_step_count(run_dir, tmp_path):
                 "--sample-every", "100", "--sample-n", "2", "--sample-steps", "2", "--no-progress"])  # fmt: skip
     config = json.loads((out / "last.json").read_text())
     assert config["training"]["step"] == 6 and config["model"]["base_channels"] == 8
+    commands = config["training"]["commands"]
+    assert len(commands) == 2 and "--resume" in commands[1] and "--resume" not in commands[0]
 
 
 def test_sample_npy_is_deterministic_and_in_range(run_dir, tmp_path, capsys):
@@ -78,6 +83,8 @@ def _cli(module, *args):
         ("spikekern.train", ["--out", "{tmp}/r", "--steps", "0"], "--steps must be at least 1"),
         ("spikekern.train", ["--out", "{tmp}/r", "--resume"], "--resume: no checkpoint"),
         ("spikekern.train", ["--out", "{tmp}/r", "--preset", "sddpm-cifar10"], "choose a matching --preset"),
+        ("spikekern.train", ["--out", "{tmp}/r", "--stage", "vq"], "stage: not a setting of the 'digits' network"),
+        ("spikekern.sample", ["--checkpoint", "{run}", "--temperature", "0.5"], "--temperature does not apply"),
         ("spikekern.sample", ["--checkpoint", "{tmp}/corrupt.safetensors"], "truncated or corrupt"),
         ("spikekern.sample", ["--checkpoint", "{tmp}/absent.safetensors"], "does not exist"),
         ("spikekern.sample", ["--out", "{tmp}/samples.jpg"], "--out must end in .png or .npy"),
@@ -145,3 +152,19 @@ def test_ddp_over_two_processes_equals_one_process_on_the_whole_batch(tmp_path):
         torch.testing.assert_close(ddp["grads"][name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
     for name, buffer in model.named_buffers():
         torch.testing.assert_close(ddp["buffers"][name], buffer, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_calibrate_ema_measures_the_averaged_models_own_statistics():
+    _, model, make = _tiny_trainer()
+    trainer = make(model)
+    x0, t, noise = _fixed_batch()
+    for _ in range(3):
+        trainer.step(x0, t=t, noise=noise)
+    norm = trainer.ema.model.stem_bn
+    seen = []
+    hook = norm.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].detach()))
+    trainer.calibrate_ema(iter([x0, x0.flip(0)]), 2, t=t, noise=noise)
+    hook.remove()
+    assert len(seen) == 2 and not trainer.ema.model.training
+    torch.testing.assert_close(norm.running_mean, torch.stack([s.mean((0, 2, 3)) for s in seen]).mean(0))
+    assert norm.momentum == torch.nn.BatchNorm2d(1).momentum

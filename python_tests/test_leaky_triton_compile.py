@@ -33,7 +33,7 @@ CASES = (
                                            {"HAS_MEM_INIT": False}, {"HAS_GRAD_MEM": False},
                                            {"OUTPUT_MEM_SEQ": True}, {"BETA_GRAD": False, "THRESHOLD_GRAD": False},
                                            {"T_PAD": 16, "BLOCK": 256}, {"STATE_MODE": 1, "T_PAD": 1}]]
-    + [case("_backward_kernel", {"SURROGATE": s}) for s in (0, 2, 3, 4, 5, 6, 7)]
+    + [case("_backward_kernel", {"SURROGATE": s}) for s in (0, 2, 3, 4, 5, 6, 7, 8)]
     + [case("_backward_kernel", {}, "bfloat16", 80), case("_backward_kernel", {}, "float16"),
        case("_backward_kernel", {"STATE_MODE": 2, "T_PAD": 1, "PER_NEURON_BETA": False}, "bfloat16")]
 )  # fmt: skip

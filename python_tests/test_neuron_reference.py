@@ -149,6 +149,7 @@ def test_surrogate_formulas(name):
         "super_spike": alpha / (1 + x.abs()) ** 2,
         "erf": alpha / math.sqrt(math.pi) * torch.exp(-((alpha * x) ** 2)),
         "fast_sigmoid": 1 / (alpha * x.abs() + 1) ** 2,
+        "triangle": torch.where(x.abs() > 1 / alpha, 0.0, 1 - alpha * x.abs()),
     }[name]
     assert_close_verbose(surrogate_gradient(x, SURROGATES[name].id, alpha), expected, 1e-12, 1e-12, name)
 

@@ -38,7 +38,7 @@ CASES = (
                                            {"HAS_GRAD_V_SEQ": True, "HAS_GRAD_V_LAST": False},
                                            {"T_PAD": 16, "BLOCK": 256},
                                            {"STATE_MODE": 1, "T_PAD": 1}]]
-    + [case("_backward_kernel", {"SURROGATE": s}) for s in range(1, 8)]
+    + [case("_backward_kernel", {"SURROGATE": s}) for s in range(1, 9)]
     + [case("_backward_kernel", {}, "bfloat16", 80), case("_backward_kernel", {}, "float16"),
        case("_backward_kernel", {"HAS_GRAD_V_SEQ": True}, "bfloat16", 80),
        case("_backward_kernel", {"STATE_MODE": 2, "T_PAD": 1, "NEURON_KIND": 2}, "bfloat16")]

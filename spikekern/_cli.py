@@ -1,5 +1,6 @@
 """What the command-line programs share: one clear error line instead of a traceback, device choice."""
 
+import inspect
 import sys
 
 import torch
@@ -38,3 +39,15 @@ def spike_conv_for(device, choice):
     if choice == "auto":
         return device.type == "cuda"
     return choice == "on"
+
+
+def check_applies(function, options, family):
+    """Refuse, by option name, command-line options that ``function`` of the ``family`` pipeline does not
+    take (``--temperature`` for a Gaussian diffusion, ``--stage`` for a one-stage family), instead of a
+    TypeError about keyword arguments."""
+    parameters = inspect.signature(function).parameters
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unsupported = [f"--{name.replace('_', '-')}" for name in options if name not in parameters]
+    if unsupported:
+        raise ValueError(f"{', '.join(unsupported)} does not apply to the {family} model")

@@ -8,7 +8,6 @@ tensors, and the config in its metadata) and ``run/model.json`` (the same config
 import json
 import os
 
-import torch
 
 FORMAT = "spikekern-checkpoint"
 FORMAT_VERSION = 1

@@ -104,7 +104,10 @@ class ActivityMonitor:
 
     def _count_call(self, module, inputs, output):
         self.report.calls += 1
-        self.report.images += inputs[0].shape[0]
+        # Images are [..., B, C, H, W]: a per-step state [T, B, C, H, W] (FSDDIM's sampler) is still B images;
+        # a token grid [B, h, w] (Spiking-Diffusion's denoiser) is B images.
+        x = inputs[0]
+        self.report.images += x.shape[-4] if x.dim() >= 4 else x.shape[0]
 
     def _neuron_hook(self, name):
         def hook(module, inputs, output):

@@ -20,7 +20,7 @@ import os
 
 import torch
 
-from ._cli import resolve_device, run_main
+from ._cli import check_applies, resolve_device, run_main
 from .data import load_dataset
 from .pipelines import PIPELINES
 from .sample import embedded_checkpoint, generate, load_model, sampling_arguments
@@ -77,6 +77,7 @@ def main(argv=None):
             "and --data (or --reference-stats) for the Inception FID"
         )
     sampling = sampling_arguments(args)
+    check_applies(pipeline.sampling_options, sampling, pipeline.name)
     settings = pipeline.sampling_options(**sampling)
     with torch.no_grad():
         images = generate(

@@ -19,7 +19,7 @@ from importlib import resources
 import numpy as np
 import torch
 
-from ._cli import resolve_device, run_main, spike_conv_for
+from ._cli import check_applies, resolve_device, run_main, spike_conv_for
 from .checkpoint import CheckpointError, load_checkpoint, load_state
 from .energy import ActivityMonitor
 from .images import save_image_grid
@@ -73,10 +73,10 @@ def ann_macs_per_image(pipeline, device):
 
 def sampling_arguments(args):
     """The sampling options given on the command line (the pipeline fills in the rest)."""
-    given = dict(
-        sampler=args.sampler, steps=args.steps, eta=args.eta, v_threshold=args.threshold_guided,
-        temperature=args.temperature,
-    )  # fmt: skip
+    given = {
+        "sampler": args.sampler, "steps": args.steps, "eta": args.eta, "v_threshold": args.threshold_guided,
+        "temperature": args.temperature,
+    }  # fmt: skip
     return {name: value for name, value in given.items() if value is not None}
 
 
@@ -116,6 +116,7 @@ def main(argv=None):
     if args.model is not None and pipeline.name != args.model:
         raise CheckpointError(f"--checkpoint {checkpoint!r} holds a {pipeline.name!r} model, not {args.model!r}")
     sampling = sampling_arguments(args)
+    check_applies(pipeline.sampling_options, sampling, pipeline.name)
     pipeline.sampling_options(**sampling)  # refuse bad options before loading anything else
     print(f"{pipeline.name} {config['model'].get('preset') or ''} from {checkpoint} on {device}")
     started = time.perf_counter()

@@ -54,6 +54,7 @@ SoftSign = _surrogate_class("SoftSign", "soft_sign")
 SuperSpike = _surrogate_class("SuperSpike", "super_spike")
 Erf = _surrogate_class("Erf", "erf")
 FastSigmoid = _surrogate_class("FastSigmoid", "fast_sigmoid")
+Triangle = _surrogate_class("Triangle", "triangle")
 
 # SpikingJelly's surrogate classes whose formulas the kernels implement (spikingjelly/_ops/surrogate.py).
 _SPIKINGJELLY_NAMES = {

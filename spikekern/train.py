@@ -4,13 +4,14 @@
     python -m spikekern.train --model sddpm --preset sddpm-cifar10 --data cifar10:~/data/cifar-10-batches-py \\
         --out runs/cifar --batch-size 128 --steps 500000
     torchrun --nproc-per-node 8 -m spikekern.train ...        # DDP, batch split over the processes
-    python -m spikekern.train --model spiking-diffusion --stage vq --out runs/vq       # staged families:
-    python -m spikekern.train --model spiking-diffusion --stage diffusion --init runs/vq/model.safetensors --out runs/sd
+    python -m spikekern.train --model spiking-diffusion --stage vq --out runs/vq      # a staged family: stage 1,
+    python -m spikekern.train --model spiking-diffusion --stage diffusion --init runs/vq --out runs/sd   # then 2
 
 Writes ``OUT/last.safetensors`` (weights, EMA weights, optimizer, step: what ``--resume`` continues from),
 ``OUT/model.safetensors`` (the EMA weights, what ``python -m spikekern.sample --checkpoint`` reads), each
-with a JSON config beside it, and sample grids ``OUT/samples_<step>.png``. bfloat16 autocast on GPUs
-(``--no-amp`` turns it off), gradient clipping, an EMA of the weights, a tqdm bar with the loss and images/s.
+with a JSON config beside it, and sample grids ``OUT/samples_<step>.png`` (none for a stage that cannot
+generate). bfloat16 autocast on GPUs (``--no-amp`` turns it off), gradient clipping, an EMA of the
+weights, a tqdm bar with the loss and images/s.
 On resume the weights, EMA, optimizer and step continue; the data order is drawn afresh.
 """
 
@@ -25,7 +26,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ._cli import resolve_device, run_main, spike_conv_for
+from ._cli import check_applies, resolve_device, run_main, spike_conv_for
 from .checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
 from .data import load_dataset
 from .images import save_image_grid
@@ -35,9 +36,12 @@ PROGRAM = "python -m spikekern.train"
 
 
 class EMA:
-    """An exponential moving average of a model's parameters (buffers such as BN statistics are copied).
-    The decay ramps up as ``min(decay, (1 + step) / (10 + step))`` so short runs are not dominated by the
-    random initial weights."""
+    """An exponential moving average of a model's parameters. The decay ramps up as
+    ``min(decay, (1 + step) / (10 + step))`` so short runs are not dominated by the random initial weights.
+
+    Buffers are copied from the model, but BatchNorm statistics gathered with the current weights do not
+    fit the averaged ones (in a spiking network a small shift of a BN output flips spikes): before the
+    averaged model is used, ``Trainer.calibrate_ema`` measures its statistics afresh."""
 
     def __init__(self, model, decay):
         if not 0.0 <= decay < 1.0:
@@ -83,6 +87,33 @@ class Trainer:
         self.step_count += 1
         self.ema.update(self.module, self.step_count)
         return loss.detach()
+
+    @torch.no_grad()
+    def calibrate_ema(self, batches, num_batches, **loss_options):
+        """Recompute the BatchNorm statistics of the EMA model as plain averages over ``num_batches``
+        training forwards of its own (the loss's forward: random steps and noise), as SWA's ``update_bn``.
+        Only the BatchNorms being trained are measured (a frozen part, such as a first stage, keeps its own).
+        Under DDP every process must call it (the statistics are global)."""
+        model = self.ema.model
+        trained = {
+            name for name, module in self.module.named_modules()
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+            and any(p.requires_grad for p in module.parameters(recurse=False))
+        }  # fmt: skip
+        norms = [module for name, module in model.named_modules() if name in trained]
+        if not norms:
+            return
+        momenta = [norm.momentum for norm in norms]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average over the calibration batches
+        model.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            for _ in range(num_batches):
+                self.pipeline.loss(model, next(batches).to(self.device, non_blocking=True), **loss_options)
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        model.eval()
 
     def state_tensors(self):
         tensors = {f"model.{k}": v for k, v in self.module.state_dict().items()}
@@ -164,6 +195,8 @@ def _parser():
     parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of the sample grids")
     parser.add_argument("--sampling-defaults", default=None,
                         help="what `spikekern.sample` uses for this model, e.g. ddim:50 or ddpm (default: the family's)")  # fmt: skip
+    parser.add_argument("--calibration-batches", type=int, default=16,
+                        help="batches over which the EMA model's BatchNorm statistics are measured before each save")  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
@@ -202,7 +235,8 @@ def load_initial_weights(model, pipeline, path):
     differing = sorted(key for key in theirs.keys() | ours.keys() if theirs.get(key) != ours.get(key))
     if differing:
         raise CheckpointError(
-            f"--init {path!r} has another network config ({', '.join(differing)} differ); pass its --preset and overrides"
+            f"--init {path!r} has another network config ({', '.join(differing)} differ); "
+            "pass its --preset and overrides"
         )
     prefix = "ema." if any(name.startswith("ema.") for name in tensors) else "model."
     initial = {prefix + name: tensor for name, tensor in model.state_dict().items()}
@@ -212,7 +246,7 @@ def load_initial_weights(model, pipeline, path):
 def main(argv=None):
     args = _parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
-    _check_positive(args, "steps", "batch_size", "save_every", "sample_every", "sample_n", "sample_steps")
+    _check_positive(args, "steps", "batch_size", "save_every", "sample_every", "sample_n", "sample_steps", "calibration_batches")
     if args.lr <= 0:
         raise ValueError(f"--lr must be positive, got {args.lr}")
     rank, world_size, device = _distributed_setup(args.device)
@@ -239,10 +273,10 @@ def _train(args, rank, world_size, device):
             raise CheckpointError(f"--resume: {last_path} is a {pipeline.name!r} run, not {args.model!r}")
     else:
         family = pipeline_class(args.model)
-        pipeline = family.from_preset(
-            args.preset or family.default_preset, neuron=args.neuron, time_steps=args.time_steps,
-            base_channels=args.base_channels, stage=args.stage,
-        )  # fmt: skip
+        overrides = dict(neuron=args.neuron, time_steps=args.time_steps, base_channels=args.base_channels, stage=args.stage)
+        overrides = {name: value for name, value in overrides.items() if value is not None}
+        check_applies(family.from_preset, overrides, args.model)
+        pipeline = family.from_preset(args.preset or family.default_preset, **overrides)
         if args.sampling_defaults:
             sampling = parse_sampling_defaults(args.sampling_defaults)
             pipeline.sampling_options(**sampling)  # a family with other samplers refuses them here
@@ -266,11 +300,13 @@ def _train(args, rank, world_size, device):
         pipeline, model, lr=args.lr, ema_decay=args.ema_decay, grad_clip=args.grad_clip, amp=not args.no_amp,
         device=device,
     )  # fmt: skip
-    history = {"images_seen": 0, "elapsed_s": 0.0}
+    command = " ".join([PROGRAM, *map(shlex.quote, args.argv)])
+    history = {"images_seen": 0, "elapsed_s": 0.0, "commands": [command]}
     if resumed is not None:
         training = resumed[1].get("training", {})
         trainer.load_state_tensors({k: v.to(device) for k, v in resumed[0].items()}, training.get("step", 0))
         history = {key: training.get(key, history[key]) for key in history}
+        history["commands"] = [*training.get("commands", []), command]  # every invocation that trained it
     torch.manual_seed(args.seed * 1000 + rank + 7919 * trainer.step_count)  # distinct noise per process and resume
     batches = _batches(dataset, args.batch_size // world_size, rank, world_size, args.seed + trainer.step_count, args.workers)
 
@@ -311,9 +347,13 @@ def _train(args, rank, world_size, device):
             progress.set_postfix(loss=f"{loss_mean:.4f}", img_per_s=f"{window_images / elapsed:.1f}")
             loss_sum.zero_()
             loss_count, window_start, window_images = 0, time.perf_counter(), 0
-        if main_process and (step % args.save_every == 0 or step == args.steps):
+        saving = step % args.save_every == 0 or step == args.steps
+        sampling = getattr(pipeline, "can_sample", True) and (step % args.sample_every == 0 or step == args.steps)
+        if saving or sampling:
+            trainer.calibrate_ema(batches, args.calibration_batches)
+        if main_process and saving:
             save()
-        if main_process and getattr(pipeline, "can_sample", True) and (step % args.sample_every == 0 or step == args.steps):
+        if main_process and sampling:
             sample_grid()
     progress.close()
 
@@ -326,7 +366,7 @@ def _training_record(args, step, history, loss):
     return {
         "step": step, "batch_size": args.batch_size, "lr": args.lr, "ema_decay": args.ema_decay,
         "grad_clip": args.grad_clip, "data": args.data, "seed": args.seed, "loss": loss,
-        "command": " ".join([PROGRAM, *map(shlex.quote, args.argv)]), **history,
+        **history,
     }  # fmt: skip
 
 

@@ -38,9 +38,13 @@ __device__ __forceinline__ float surrogate_grad(Surrogate surrogate, float alpha
       const float z = alpha * x;
       return (alpha * kInvSqrtPi) * expf(-z * z);
     }
-    default: {  // Surrogate::kFastSigmoid (the ops validate the id)
+    case Surrogate::kFastSigmoid: {
       const float z = alpha * fabsf(x) + 1.0f;
       return 1.0f / (z * z);
+    }
+    default: {  // Surrogate::kTriangle (the ops validate the id)
+      const float g = 1.0f - alpha * fabsf(x);
+      return g < 0.0f ? 0.0f : g;  // not fmaxf: a NaN must propagate, as in the reference
     }
   }
 }

@@ -4,7 +4,7 @@
 
 namespace spikekern {
 
-// Ids 0-6 are SpikingJelly's, 7 is snnTorch's.
+// Ids 0-6 are SpikingJelly's, 7 is snnTorch's, 8 is FSDDIM's triangle.
 enum class Surrogate : int {
   kSigmoid = 0,
   kATan = 1,
@@ -14,7 +14,8 @@ enum class Surrogate : int {
   kSuperSpike = 5,
   kErf = 6,
   kFastSigmoid = 7,
+  kTriangle = 8,
 };
-constexpr int kNumSurrogates = 8;
+constexpr int kNumSurrogates = 9;
 
 }  // namespace spikekern

@@ -2,10 +2,11 @@
 schedules, the forward process and its posterior, ε- and v-parameterisations, the training loss, and
 DDPM/DDIM samplers whose single steps work element-wise on any state shape."""
 
+from .absorbing import AbsorbingDiffusion
 from .gaussian import DDPM_VARIANCES, DEFAULT_DDIM_STEPS, PREDICTIONS, SAMPLERS, GaussianDiffusion
 from .schedules import SCHEDULES, beta_schedule
 
 __all__ = [
-    "DDPM_VARIANCES", "DEFAULT_DDIM_STEPS", "PREDICTIONS", "SAMPLERS", "SCHEDULES",
+    "AbsorbingDiffusion", "DDPM_VARIANCES", "DEFAULT_DDIM_STEPS", "PREDICTIONS", "SAMPLERS", "SCHEDULES",
     "GaussianDiffusion", "beta_schedule",
 ]  # fmt: skip

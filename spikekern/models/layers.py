@@ -1,6 +1,7 @@
 """Pieces the spiking diffusion U-Nets share: the diffusion-step embedding and the neuron factory."""
 
 import contextlib
+import dataclasses
 import math
 
 import torch
@@ -149,3 +150,17 @@ def _set_threshold(neuron, threshold):
             neuron.threshold.copy_(torch.as_tensor(threshold))
     else:
         neuron.v_threshold = threshold
+
+
+def configured_preset(presets, name, **overrides):
+    """The config ``presets[name]`` with fields overridden; ``neuron="relu"`` starts from its ANN
+    counterpart where the family has one. An unknown preset raises ValueError, an unknown field TypeError."""
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
+    config = presets[name]
+    unknown = sorted(set(overrides) - {field.name for field in dataclasses.fields(config)})
+    if unknown:
+        raise TypeError(f"{', '.join(unknown)}: not a setting of the {name!r} network")
+    if overrides.get("neuron") == "relu" and hasattr(config, "ann_counterpart"):
+        config = config.ann_counterpart()
+    return dataclasses.replace(config, **overrides)

@@ -32,7 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.stateless import Conv2d
-from .layers import NEURONS, TimeEmbedding, TimeFoldedBatchNorm, conv_after_neuron, make_neuron, xavier_init
+from .layers import (
+    NEURONS, TimeEmbedding, TimeFoldedBatchNorm, configured_preset, conv_after_neuron, make_neuron, xavier_init,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -91,13 +93,8 @@ PRESETS = {
 
 
 def preset_config(name, **overrides):
-    """The config of a named preset, with fields overridden (``neuron="relu"`` gives its ANN counterpart)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    config = PRESETS[name]
-    if overrides.get("neuron") == "relu":
-        config = config.ann_counterpart()
-    return replace(config, **overrides)
+    """The config of a named preset, with fields overridden (``layers.configured_preset``)."""
+    return configured_preset(PRESETS, name, **overrides)
 
 
 class NeuronConvBN(nn.Module):

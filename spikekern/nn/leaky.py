@@ -3,13 +3,17 @@
 Same constructor, buffers/parameters (``beta``, ``threshold``, ``graded_spikes_factor``,
 ``reset_mechanism_val``; ``mem`` not persistent), return values and state handling as
 ``snntorch.Leaky`` (its default ``reset_delay=True``), bit-identical spikes and membrane in float32.
-One addition: ``step_mode="m"`` takes a whole ``[T, N, *]`` sequence per call and runs all steps in
-one kernel, returning the stacked spikes and membranes the step-by-step loop would have produced.
+Two additions: ``step_mode="m"`` takes a whole ``[T, N, *]`` sequence per call and runs all steps in
+one kernel, returning the stacked spikes and membranes the step-by-step loop would have produced; and
+``keep_state=False`` (keyword-only) makes every call a whole sequence that starts from rest (or from the
+``mem`` passed) and keeps nothing in ``mem`` afterwards, as ``spikekern.nn.IFNode``'s option does: what a
+network that sees all T steps in one call wants (no reset between calls, nothing for CUDA graphs to capture).
 """
 
 import torch
 
 from ..ops import leaky_multistep
+from ..ops._multistep import check_bool
 from ..ops.surrogate import resolve_surrogate
 from ._modes import HasBackend, HasStepMode
 
@@ -51,9 +55,11 @@ class Leaky(HasStepMode, HasBackend, torch.nn.Module):
         self, beta, threshold=1.0, spike_grad=None, surrogate_disable=False, init_hidden=False, inhibition=False,
         learn_beta=False, learn_threshold=False, reset_mechanism="subtract", state_quant=False, output=False,
         graded_spikes_factor=1.0, learn_graded_spikes_factor=False, reset_delay=True, *, step_mode="s",
-        backend=None,
+        backend=None, keep_state=True,
     ):  # fmt: skip
         super().__init__()
+        check_bool("keep_state", keep_state)
+        self.keep_state = keep_state
         _unsupported("surrogate_disable", surrogate_disable, False)
         _unsupported("inhibition", inhibition, False)
         _unsupported("state_quant", state_quant, False)
@@ -99,11 +105,13 @@ class Leaky(HasStepMode, HasBackend, torch.nn.Module):
     def forward(self, input_, mem=None):
         if self.init_hidden and mem is not None:
             raise TypeError("`mem` should not be passed as an argument while `init_hidden=True`")
-        if mem is not None:
-            self.mem = mem
         x_seq = input_ if self.step_mode == "m" else input_.unsqueeze(0)
-        state_shape = x_seq.shape[1:]
-        mem_init = self.mem if self.mem.shape == state_shape else None
+        if self.keep_state:
+            if mem is not None:
+                self.mem = mem
+            mem_init = self.mem if self.mem.shape == x_seq.shape[1:] else None
+        else:
+            mem_init = mem
         returns_mem = self.output or not self.init_hidden
         mem_seq_wanted = self.step_mode == "m" and returns_mem
         surrogate, alpha = snntorch_surrogate_spec(self.spike_grad)
@@ -114,5 +122,6 @@ class Leaky(HasStepMode, HasBackend, torch.nn.Module):
         spikes = spikes * self.graded_spikes_factor
         if self.step_mode == "s":
             spikes = spikes[0]
-        self.mem = mem_out[-1] if mem_seq_wanted else mem_out
+        if self.keep_state:
+            self.mem = mem_out[-1] if mem_seq_wanted else mem_out
         return (spikes, mem_out) if returns_mem else spikes

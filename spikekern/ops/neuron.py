@@ -323,7 +323,8 @@ _COMMON_ARGS = """
     v_reset: hard-reset potential, or None for a soft reset (subtract ``v_threshold``).
     detach_reset: cut the spike's gradient in the reset term.
     surrogate: one of ``spikekern.ops.SURROGATES`` (sigmoid, atan, piecewise_quadratic,
-        piecewise_exp, soft_sign, super_spike, erf, fast_sigmoid); alpha: its sharpness (None: its default).
+        piecewise_exp, soft_sign, super_spike, erf, fast_sigmoid, triangle); alpha: its sharpness (None: its
+        default).
     store_v_seq: also return the membrane after the reset of every step (SpikingJelly's ``v_seq``),
         differentiable; costs one extra write per element and step.
     compact_state: save the state for backward in 16 bits (2 bytes per element) instead of 32.

@@ -1,7 +1,8 @@
 """Surrogate gradients of the Heaviside spike: names, ids, default alphas and the reference formulas.
 
 Ids 0-6 and their formulas are SpikingJelly's (``spikingjelly/_ops/surrogate.py``), id 7 is snnTorch's
-``fast_sigmoid``, so that kernels and models trained with either package agree. The kernels evaluate
+``fast_sigmoid``, so that kernels and models trained with either package agree; id 8 is the triangle of
+FSDDIM's code (Watanabe et al., github.com/mil-tokyo/FSDDIM, ``snn_layers.py``). The kernels evaluate
 the same formulas in float32.
 """
 
@@ -29,6 +30,7 @@ SURROGATES = {
         Surrogate("super_spike", 5, 1.0),
         Surrogate("erf", 6, 2.0),
         Surrogate("fast_sigmoid", 7, 25.0),  # snnTorch's fast_sigmoid(slope): alpha is the slope
+        Surrogate("triangle", 8, 2.0),  # FSDDIM's: support |x| < 1/alpha, peak 1 at the threshold
     )
 }
 
@@ -73,4 +75,6 @@ def surrogate_gradient(x: torch.Tensor, surrogate_id: int, alpha: float) -> torc
     if surrogate_id == 7:
         z = alpha * x.abs() + 1
         return 1 / (z * z)
+    if surrogate_id == 8:
+        return (1 - alpha * x.abs()).clamp_min(0)
     raise ValueError(f"unknown surrogate id {surrogate_id}")

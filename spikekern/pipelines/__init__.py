@@ -6,9 +6,13 @@ A pipeline is built from a preset (``Pipeline.from_preset``) or from a checkpoin
 ``sampling_defaults``.
 """
 
+from .fsddim import FSDDIMPipeline
 from .sddpm import SDDPMPipeline
+from .spiking_diffusion import SpikingDiffusionPipeline
 
 PIPELINES = {SDDPMPipeline.name: SDDPMPipeline}
+PIPELINES[SpikingDiffusionPipeline.name] = SpikingDiffusionPipeline
+PIPELINES[FSDDIMPipeline.name] = FSDDIMPipeline
 
 
 def pipeline_class(name):
@@ -26,3 +30,5 @@ def pipeline_from_config(config):
 
 
 __all__ = ["PIPELINES", "SDDPMPipeline", "pipeline_class", "pipeline_from_config"]
+__all__ += ["SpikingDiffusionPipeline"]
+__all__ += ["FSDDIMPipeline"]

@@ -26,7 +26,9 @@ def surrogate_gradient(x, alpha, SURROGATE: tl.constexpr):
     elif SURROGATE == 6:
         z = alpha * x
         g = (alpha * 0.5641895835477563) * tl.exp(-z * z)
-    else:
+    elif SURROGATE == 7:
         z = alpha * tl.abs(x) + 1.0
         g = 1.0 / (z * z)
+    else:
+        g = tl.maximum(1.0 - alpha * tl.abs(x), 0.0, propagate_nan=tl.PropagateNan.ALL)
     return g
