@@ -168,3 +168,24 @@ def test_calibrate_ema_measures_the_averaged_models_own_statistics():
     assert len(seen) == 2 and not trainer.ema.model.training
     torch.testing.assert_close(norm.running_mean, torch.stack([s.mean((0, 2, 3)) for s in seen]).mean(0))
     assert norm.momentum == torch.nn.BatchNorm2d(1).momentum
+
+
+def test_sampling_defaults_parse_and_refuse():
+    assert train.parse_sampling_defaults("ddim:50:1") == {"sampler": "ddim", "steps": 50, "eta": 1.0}
+    assert train.parse_sampling_defaults("ddim:20") == {"sampler": "ddim", "steps": 20, "eta": 0.0}
+    assert train.parse_sampling_defaults("ddpm") == {"sampler": "ddpm", "steps": None, "eta": 0.0}
+    for bad in ("ddim", "ddpm:5", "ddim:x", "ddim:5:1:2", "euler:5"):
+        with pytest.raises(ValueError, match="--sampling-defaults"):
+            train.parse_sampling_defaults(bad)
+
+
+def test_resuming_a_finished_run_only_records_new_sampling_defaults(run_dir, tmp_path):
+    out = tmp_path / "finished"
+    out.mkdir()
+    for name in ("last.safetensors", "last.json"):
+        (out / name).write_bytes((run_dir / name).read_bytes())
+    train.main(["--out", str(out), "--resume", "--steps", "4", "--batch-size", "8", "--sampling-defaults", "ddim:2:1",
+                "--sample-n", "2", "--sample-steps", "2", "--no-progress"])  # fmt: skip
+    config = json.loads((out / "model.json").read_text())
+    assert config["training"]["step"] == 4 and config["sampling"] == {"sampler": "ddim", "steps": 2, "eta": 1.0}
+    assert (out / "samples_0000004.png").is_file()

@@ -215,11 +215,17 @@ def _check_positive(args, *names):
 
 
 def parse_sampling_defaults(text):
-    """``ddim:50`` -> {"sampler": "ddim", "steps": 50, "eta": 0.0}; ``ddpm`` -> all steps."""
-    sampler, _, steps = text.partition(":")
-    if sampler not in ("ddpm", "ddim") or (sampler == "ddim") != bool(steps) or (steps and not steps.isdigit()):
-        raise ValueError(f"--sampling-defaults must be 'ddpm' or 'ddim:STEPS', got {text!r}")
-    return {"sampler": sampler, "steps": int(steps) if steps else None, "eta": 0.0}
+    """``ddim:50`` -> {"sampler": "ddim", "steps": 50, "eta": 0.0}; ``ddim:50:1`` sets eta too;
+    ``ddpm`` -> every step."""
+    sampler, *rest = text.split(":")
+    try:
+        steps = int(rest[0]) if rest else None
+        eta = float(rest[1]) if len(rest) == 2 else 0.0
+    except ValueError:
+        steps = None
+    if sampler not in ("ddpm", "ddim") or (sampler == "ddim") != (steps is not None) or len(rest) > 2:
+        raise ValueError(f"--sampling-defaults must be 'ddpm', 'ddim:STEPS' or 'ddim:STEPS:ETA', got {text!r}")
+    return {"sampler": sampler, "steps": steps, "eta": eta}
 
 
 def load_initial_weights(model, pipeline, path):
@@ -277,12 +283,12 @@ def _train(args, rank, world_size, device):
         overrides = {name: value for name, value in overrides.items() if value is not None}
         check_applies(family.from_preset, overrides, args.model)
         pipeline = family.from_preset(args.preset or family.default_preset, **overrides)
-        if args.sampling_defaults:
-            sampling = parse_sampling_defaults(args.sampling_defaults)
-            pipeline.sampling_options(**sampling)  # a family with other samplers refuses them here
-            pipeline.sampling = sampling
         if args.init is None and getattr(pipeline, "requires_init", None):
             raise ValueError(pipeline.requires_init)
+    if args.sampling_defaults:  # on a resumed run too: what sampling works best is often known late
+        sampling = parse_sampling_defaults(args.sampling_defaults)
+        pipeline.sampling_options(**sampling)  # a family with other samplers refuses them here
+        pipeline.sampling = sampling
     dataset = load_dataset(args.data, image_size=pipeline.image_shape[-1])
     if (dataset.channels, dataset.image_size, dataset.image_size) != pipeline.image_shape:
         raise ValueError(
@@ -325,12 +331,22 @@ def _train(args, rank, world_size, device):
         images = pipeline.sample(trainer.ema.model, args.sample_n, generator=generator, device=device, **grid_options)
         save_image_grid(images, os.path.join(args.out, f"samples_{trainer.step_count:07d}.png"), scale=_grid_scale(pipeline))
 
+    def save_and_sample(saving, sampling):
+        sampling = sampling and getattr(pipeline, "can_sample", True)
+        if saving or sampling:
+            trainer.calibrate_ema(batches, args.calibration_batches)
+        if rank == 0 and saving:
+            save()
+        if rank == 0 and sampling:
+            sample_grid()
+
     main_process = rank == 0
     progress = tqdm(
         total=args.steps, initial=trainer.step_count, desc=f"training {pipeline.name}", unit="step",
         disable=args.no_progress or not main_process, dynamic_ncols=True,
     )  # fmt: skip
-    loss_sum, loss_count, loss_mean = torch.zeros((), device=device), 0, float("nan")
+    loss_mean = resumed[1].get("training", {}).get("loss", float("nan")) if resumed else float("nan")
+    loss_sum, loss_count = torch.zeros((), device=device), 0
     window_start, window_images = time.perf_counter(), 0
     while trainer.step_count < args.steps:
         images = next(batches).to(device, non_blocking=True)
@@ -347,15 +363,11 @@ def _train(args, rank, world_size, device):
             progress.set_postfix(loss=f"{loss_mean:.4f}", img_per_s=f"{window_images / elapsed:.1f}")
             loss_sum.zero_()
             loss_count, window_start, window_images = 0, time.perf_counter(), 0
-        saving = step % args.save_every == 0 or step == args.steps
-        sampling = getattr(pipeline, "can_sample", True) and (step % args.sample_every == 0 or step == args.steps)
-        if saving or sampling:
-            trainer.calibrate_ema(batches, args.calibration_batches)
-        if main_process and saving:
-            save()
-        if main_process and sampling:
-            sample_grid()
+        if step < args.steps:  # the last step's save and grid follow the loop
+            save_and_sample(step % args.save_every == 0, step % args.sample_every == 0)
     progress.close()
+    # Also when a resumed run is already complete: with new sampling defaults, say.
+    save_and_sample(True, True)
 
 
 def _grid_scale(pipeline):
