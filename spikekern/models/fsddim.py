@@ -54,7 +54,9 @@ from torch import nn
 from ..nn import Leaky
 from ..nn.stateless import AvgPool2d, Conv2d, Upsample
 from ..surrogate import Triangle
-from .layers import TimeFoldedBatchNorm, configured_preset, conv_after_neuron, sinusoidal_embedding
+from .layers import (
+    TimeFoldedBatchNorm, check_positive_ints, configured_preset, conv_after_neuron, sinusoidal_embedding,
+)  # fmt: skip
 
 NEURONS = ("lif", "if", "relu")
 V_THRESHOLD = 1.0
@@ -76,13 +78,7 @@ class FSDDIMConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
-        positive = ("image_channels", "image_size", "base_channels", "num_res_blocks", "time_steps")
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not self.channel_mult or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.channel_mult):
-            raise ValueError(f"channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult!r}")
+        check_positive_ints(self, "image_channels", "image_size", "base_channels", "num_res_blocks", "time_steps")
         if self.base_channels % 2 or self.base_channels < 4:
             raise ValueError(
                 f"base_channels must be even and at least 4 (it sizes the sinusoidal embedding), got {self.base_channels}"

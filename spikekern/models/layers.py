@@ -164,3 +164,15 @@ def configured_preset(presets, name, **overrides):
     if overrides.get("neuron") == "relu" and hasattr(config, "ann_counterpart"):
         config = config.ann_counterpart()
     return dataclasses.replace(config, **overrides)
+
+
+def check_positive_ints(config, *names):
+    """Refuse a config whose fields ``names`` are not positive ints (bools excluded), and a ``channel_mult``
+    that is not a non-empty tuple of them, where the config has one."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    mult = getattr(config, "channel_mult", None)
+    if mult is not None and (not mult or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in mult)):
+        raise ValueError(f"channel_mult must be a non-empty tuple of positive ints, got {mult!r}")

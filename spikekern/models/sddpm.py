@@ -33,7 +33,8 @@ from torch import nn
 
 from ..nn.stateless import Conv2d
 from .layers import (
-    NEURONS, TimeEmbedding, TimeFoldedBatchNorm, configured_preset, conv_after_neuron, make_neuron, xavier_init,
+    NEURONS, TimeEmbedding, TimeFoldedBatchNorm, check_positive_ints, configured_preset, conv_after_neuron,
+    make_neuron, xavier_init,
 )  # fmt: skip
 
 
@@ -51,13 +52,7 @@ class SpikingUNetConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
-        positive = ("image_channels", "image_size", "base_channels", "num_res_blocks", "time_steps")
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not self.channel_mult or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.channel_mult):
-            raise ValueError(f"channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult!r}")
+        check_positive_ints(self, "image_channels", "image_size", "base_channels", "num_res_blocks", "time_steps")
         if self.base_channels % 2:
             raise ValueError(f"base_channels must be even (it sizes the sinusoidal embedding), got {self.base_channels}")
         if self.image_size % 2 ** (len(self.channel_mult) - 1):

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.stateless import StepModeMixin
-from .layers import TimeFoldedBatchNorm, configured_preset, conv_after_neuron, make_neuron
+from .layers import TimeFoldedBatchNorm, check_positive_ints, configured_preset, conv_after_neuron, make_neuron
 
 NEURONS = ("lif", "if")
 STAGES = ("vq", "diffusion")
@@ -86,11 +86,9 @@ class SpikingDiffusionConfig:
     preset: str = field(default="", compare=False)
 
     def __post_init__(self):
-        positive = ("image_channels", "image_size", "base_channels", "embedding_dim", "codebook_size", "time_steps")
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_ints(
+            self, "image_channels", "image_size", "base_channels", "embedding_dim", "codebook_size", "time_steps"
+        )  # fmt: skip
         if self.image_size % 4:
             raise ValueError(f"image_size must be divisible by 4 (two stride-2 encoder layers), got {self.image_size}")
         if self.neuron not in NEURONS:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ..diffusion import GaussianDiffusion
 from ..models.fsddim import PRESETS, FSDDIMConfig, FSDDIMUNet, preset_config
 from ..models.layers import neuron_threshold
+from .base import ImagePipeline
 
 SAMPLERS = ("ddim",)
 # DDIM steps `python -m spikekern.sample` uses by default; None: every diffusion step, as the code.
@@ -47,7 +48,7 @@ def consistency_weights(diffusion):
 
 
 @dataclass
-class FSDDIMPipeline:
+class FSDDIMPipeline(ImagePipeline):
     model_config: FSDDIMConfig
     diffusion_steps: int = 1000
     # What `python -m spikekern.sample` uses unless told otherwise; `steps` None visits every diffusion step.
@@ -86,15 +87,6 @@ class FSDDIMPipeline:
             "diffusion": {"num_steps": self.diffusion_steps, "schedule": "cosine", "prediction": "v"},
             "sampling": dict(self.sampling),
         }
-
-    @property
-    def image_shape(self):
-        c = self.model_config
-        return (c.image_channels, c.image_size, c.image_size)
-
-    @property
-    def is_spiking(self):
-        return self.model_config.neuron != "relu"
 
     def build_model(self, spike_conv=True):
         return FSDDIMUNet(self.model_config, spike_conv=spike_conv)

@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 from ..diffusion import GaussianDiffusion
 from ..models.layers import neuron_threshold
 from ..models.sddpm import PRESETS, SpikingUNet, SpikingUNetConfig, preset_config
+from .base import ImagePipeline
 
 SAMPLERS = ("ddpm", "ddim")
 
 
 @dataclass
-class SDDPMPipeline:
+class SDDPMPipeline(ImagePipeline):
     model_config: SpikingUNetConfig
     diffusion_steps: int = 1000
     beta_start: float = 1e-4
@@ -56,15 +57,6 @@ class SDDPMPipeline:
             },
             "sampling": dict(self.sampling),
         }  # fmt: skip
-
-    @property
-    def image_shape(self):
-        c = self.model_config
-        return (c.image_channels, c.image_size, c.image_size)
-
-    @property
-    def is_spiking(self):
-        return self.model_config.neuron != "relu"
 
     def build_model(self, spike_conv=True):
         return SpikingUNet(self.model_config, spike_conv=spike_conv)

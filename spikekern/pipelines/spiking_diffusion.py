@@ -28,12 +28,13 @@ from ..diffusion import AbsorbingDiffusion
 from ..diffusion._checks import check_real
 from ..models.layers import neuron_threshold
 from ..models.spiking_diffusion import PRESETS, STAGES, SpikingDiffusion, SpikingDiffusionConfig, preset_config
+from .base import ImagePipeline
 
 GAUSSIAN_OPTIONS = ("sampler", "steps", "eta")
 
 
 @dataclass
-class SpikingDiffusionPipeline:
+class SpikingDiffusionPipeline(ImagePipeline):
     model_config: SpikingDiffusionConfig
     stage: str = "vq"
     # The temperature of the reported FIDs was not found (the code sweeps 0.001 ... 1.0): 1.0 samples the
@@ -43,7 +44,6 @@ class SpikingDiffusionPipeline:
     name = "spiking-diffusion"
     presets = PRESETS
     default_preset = "digits"
-    is_spiking = True
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -76,11 +76,6 @@ class SpikingDiffusionPipeline:
             },
             "sampling": dict(self.sampling),
         }  # fmt: skip
-
-    @property
-    def image_shape(self):
-        c = self.model_config
-        return (c.image_channels, c.image_size, c.image_size)
 
     @property
     def can_sample(self):

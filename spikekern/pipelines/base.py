@@ -1,0 +1,14 @@
+"""What every image-generating pipeline shares, read off its ``model_config``."""
+
+
+class ImagePipeline:
+    """Mixin for pipelines with a ``model_config`` holding ``image_channels``, ``image_size`` and ``neuron``."""
+
+    @property
+    def image_shape(self):
+        c = self.model_config
+        return (c.image_channels, c.image_size, c.image_size)
+
+    @property
+    def is_spiking(self):
+        return self.model_config.neuron != "relu"
