@@ -2,7 +2,6 @@
 trainer itself: a loss that decreases, resume, DDP equal to one process on the whole batch."""
 
 import json
-import os
 import subprocess
 from pathlib import Path
 import sys
@@ -39,11 +38,16 @@ def test_train_writes_checkpoints_config_and_sample_grid(run_dir):
     ]
 
 
-def test_resume_continues_the_step_count(run_dir, tmp_path):
-    out = tmp_path / "resumed"
+def _copy_of_run(run_dir, out):
+    """A new run directory holding ``run_dir``'s training state, to resume."""
     out.mkdir()
     for name in ("last.safetensors", "last.json"):
         (out / name).write_bytes((run_dir / name).read_bytes())
+    return out
+
+
+def test_resume_continues_the_step_count(run_dir, tmp_path):
+    out = _copy_of_run(run_dir, tmp_path / "resumed")
     train.main(["--out", str(out), "--resume", "--steps", "6", "--batch-size", "8", "--save-every", "100",
                 "--sample-every", "100", "--sample-n", "2", "--sample-steps", "2", "--no-progress"])  # fmt: skip
     config = json.loads((out / "last.json").read_text())
@@ -181,10 +185,7 @@ def test_sampling_defaults_parse_and_refuse():
 
 
 def test_resuming_a_finished_run_only_records_new_sampling_defaults(run_dir, tmp_path):
-    out = tmp_path / "finished"
-    out.mkdir()
-    for name in ("last.safetensors", "last.json"):
-        (out / name).write_bytes((run_dir / name).read_bytes())
+    out = _copy_of_run(run_dir, tmp_path / "finished")
     train.main(["--out", str(out), "--resume", "--steps", "4", "--batch-size", "8", "--sampling-defaults", "ddim:2:1",
                 "--sample-n", "2", "--sample-steps", "2", "--no-progress"])  # fmt: skip
     config = json.loads((out / "model.json").read_text())

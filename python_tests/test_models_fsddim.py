@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from model_helpers import assert_spike_conv_matches_plain_conv, network_inputs
 from conftest import assert_bit_equal
 
 from spikekern.models import FSDDIM_PRESETS, FSDDIMConfig, FSDDIMUNet
@@ -14,12 +15,6 @@ from spikekern.nn import Leaky, SpikeConv2d
 from spikekern.surrogate import Triangle
 
 TINY = FSDDIMConfig(image_channels=1, image_size=8, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, time_steps=2)
-
-
-def _inputs(config, batch=3, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, config.image_channels, config.image_size, config.image_size, generator=generator)
-    return x, torch.randint(0, 1000, (batch,), generator=generator)
 
 
 def _parameters(model):
@@ -78,7 +73,7 @@ def test_cifar10_layout_is_the_codes():
 @pytest.mark.parametrize("spike_conv", [False, True])
 def test_output_is_per_step_currents_for_both_input_layouts(spike_conv):
     model = FSDDIMUNet(TINY, spike_conv=spike_conv)
-    x, t = _inputs(TINY)
+    x, t = network_inputs(TINY)
     currents = model(x, t)
     assert currents.shape == (TINY.time_steps, *x.shape)
     # Direct encoding is the same input at every step.
@@ -88,7 +83,7 @@ def test_output_is_per_step_currents_for_both_input_layouts(spike_conv):
 
 def test_calls_are_independent_and_keep_no_membrane():
     model = FSDDIMUNet(TINY, spike_conv=False).eval()
-    x, t = _inputs(TINY)
+    x, t = network_inputs(TINY)
     with torch.no_grad():
         first = model(x, t)
         torch.testing.assert_close(model(x, t), first, rtol=0, atol=0)
@@ -101,7 +96,7 @@ def test_ann_counterpart_has_the_same_parameters_and_no_neurons():
     ann = FSDDIMUNet.from_preset("digits", neuron="relu")
     assert ann.config.time_steps == 1 and not _leaky_neurons(ann)
     assert {k: v.shape for k, v in ann.named_parameters()} == {k: v.shape for k, v in spiking.named_parameters()}
-    x, t = _inputs(ann.config, batch=2)
+    x, t = network_inputs(ann.config, batch=2)
     assert ann(x, t).shape == (1, *x.shape)
 
 
@@ -233,7 +228,7 @@ def test_spike_driven_layers_read_spikes_and_the_others_do_not(spike_conv):
         inputs[module] = args[0]
 
     hooks = [m.register_forward_hook(record) for m in layers]
-    model(*_inputs(TINY, batch=4))
+    model(*network_inputs(TINY, batch=4))
     for hook in hooks:
         hook.remove()
     assert set(inputs) == set(layers)
@@ -254,22 +249,12 @@ def test_spike_driven_layers_read_spikes_and_the_others_do_not(spike_conv):
 
 
 def test_spike_conv_and_plain_conv_give_the_same_network():
-    torch.manual_seed(0)
-    plain = FSDDIMUNet(TINY, spike_conv=False)
-    spiking = FSDDIMUNet(TINY, spike_conv=True)
-    spiking.load_state_dict(plain.state_dict())
-    x, t = _inputs(TINY)
-    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y1, y2 = plain(x1, t), spiking(x2, t)
-    torch.testing.assert_close(y2, y1, rtol=1e-5, atol=1e-6)
-    y1.square().sum().backward()
-    y2.square().sum().backward()
-    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-4, atol=1e-6)
+    assert_spike_conv_matches_plain_conv(FSDDIMUNet, TINY)
 
 
 def test_threshold_guidance_sets_and_restores_leaky_thresholds():
     model = FSDDIMUNet(TINY, spike_conv=False).eval()
-    x, t = _inputs(TINY)
+    x, t = network_inputs(TINY)
     with torch.no_grad():
         base = model(x, t)
         with neuron_threshold(model, 0.5):
@@ -314,7 +299,7 @@ def test_bad_config_raises(overrides, match):
 
 def test_bad_inputs_raise():
     model = FSDDIMUNet(TINY, spike_conv=False)
-    x, t = _inputs(TINY)
+    x, t = network_inputs(TINY)
     with pytest.raises(ValueError, match="x must have shape"):
         model(x[:, :, :4], t)
     with pytest.raises(ValueError, match=r"x must have shape .*T=2"):

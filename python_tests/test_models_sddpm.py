@@ -2,18 +2,13 @@
 
 import pytest
 import torch
+from model_helpers import assert_spike_conv_matches_plain_conv, network_inputs
 
 from spikekern.models import SpikingUNet, SpikingUNetConfig, preset_config
 from spikekern.models.layers import TimeFoldedBatchNorm, neuron_threshold, sinusoidal_embedding
 from spikekern.nn import BaseNode, IFNode, LIFNode, SpikeConv2d
 
 TINY = SpikingUNetConfig(image_channels=1, image_size=8, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, time_steps=2)
-
-
-def _inputs(config, batch=3, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, config.image_channels, config.image_size, config.image_size, generator=generator)
-    return x, torch.randint(0, 1000, (batch,), generator=generator)
 
 
 def _parameters(model):
@@ -36,7 +31,7 @@ def test_preset_parameter_counts(preset, parameters):
 @pytest.mark.parametrize("preset", ["digits", "sddpm-mnist"])
 def test_preset_output_shape(preset):
     model = SpikingUNet.from_preset(preset, spike_conv=False)
-    x, t = _inputs(model.config, batch=2)
+    x, t = network_inputs(model.config, batch=2)
     assert model(x, t).shape == x.shape
 
 
@@ -64,7 +59,7 @@ def test_every_block_convolution_reads_spikes_of_a_spikekern_neuron(spike_conv):
     assert len(convs) == len(neurons) and all(isinstance(c, SpikeConv2d) == spike_conv for c in convs)
     seen = []
     hooks = [c.register_forward_hook(lambda m, i, o: seen.append(i[0])) for c in convs]
-    model(*_inputs(TINY))
+    model(*network_inputs(TINY))
     for hook in hooks:
         hook.remove()
     assert len(seen) == len(convs)
@@ -73,22 +68,12 @@ def test_every_block_convolution_reads_spikes_of_a_spikekern_neuron(spike_conv):
 
 
 def test_spike_conv_and_plain_conv_give_the_same_network():
-    torch.manual_seed(0)
-    plain = SpikingUNet(TINY, spike_conv=False)
-    spiking = SpikingUNet(TINY, spike_conv=True)
-    spiking.load_state_dict(plain.state_dict())
-    x, t = _inputs(TINY)
-    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y1, y2 = plain(x1, t), spiking(x2, t)
-    torch.testing.assert_close(y2, y1, rtol=1e-5, atol=1e-6)
-    y1.square().sum().backward()
-    y2.square().sum().backward()
-    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-4, atol=1e-6)
+    assert_spike_conv_matches_plain_conv(SpikingUNet, TINY)
 
 
 def test_calls_are_independent_and_keep_no_membrane():
     model = SpikingUNet(TINY, spike_conv=False)
-    x, t = _inputs(TINY)
+    x, t = network_inputs(TINY)
     first = model(x, t)
     torch.testing.assert_close(model(x, t), first, rtol=0, atol=0)
     assert all(not isinstance(m.v, torch.Tensor) for m in model.modules() if isinstance(m, BaseNode))
@@ -97,7 +82,7 @@ def test_calls_are_independent_and_keep_no_membrane():
 def test_untrained_network_predicts_almost_zero_and_trains():
     torch.manual_seed(0)
     model = SpikingUNet(TINY, spike_conv=False)
-    x, t = _inputs(TINY, batch=8)
+    x, t = network_inputs(TINY, batch=8)
     assert model(x, t).abs().max() < 1e-2  # the readout conv starts at gain 1e-5
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
@@ -117,7 +102,7 @@ def test_lif_neuron_option():
 
 def test_threshold_guidance_sets_and_restores_every_threshold():
     model = SpikingUNet(TINY, spike_conv=False).eval()
-    x, t = _inputs(TINY)
+    x, t = network_inputs(TINY)
     with torch.no_grad():
         base = model(x, t)
         with neuron_threshold(model, 0.5):
@@ -170,7 +155,7 @@ def test_bad_config_raises(overrides, match):
 
 def test_bad_inputs_raise():
     model = SpikingUNet(TINY, spike_conv=False)
-    x, t = _inputs(TINY)
+    x, t = network_inputs(TINY)
     with pytest.raises(ValueError, match="x must have shape"):
         model(x[:, :, :4], t)
     with pytest.raises(ValueError, match="t must have shape"):

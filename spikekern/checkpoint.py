@@ -33,16 +33,11 @@ def save_checkpoint(path, tensors, config):
     text = json.dumps(record, indent=2, sort_keys=True)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     contiguous = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
-    for target, write in ((path, lambda tmp: save_file(contiguous, tmp, metadata={"spikekern": text})),
-                          (config_path(path), lambda tmp: _write_text(tmp, text + "\n"))):  # fmt: skip
-        tmp = target + ".tmp"
-        write(tmp)
-        os.replace(tmp, target)
-
-
-def _write_text(path, text):
-    with open(path, "w", encoding="utf-8") as file:
-        file.write(text)
+    save_file(contiguous, path + ".tmp", metadata={"spikekern": text})
+    with open(config_path(path) + ".tmp", "w", encoding="utf-8") as file:
+        file.write(text + "\n")
+    os.replace(path + ".tmp", path)
+    os.replace(config_path(path) + ".tmp", config_path(path))
 
 
 def load_checkpoint(path, device="cpu"):

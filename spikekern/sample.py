@@ -56,7 +56,7 @@ def generate(pipeline, model, n, *, batch_size, seed, device, progress=True, **s
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
         batches.append(pipeline.sample(model, count, generator=generator, device=device, progress=progress, **sampling))
-    return torch.cat(batches) if batches else torch.empty(0, *pipeline.image_shape)
+    return torch.cat(batches)
 
 
 def ann_macs_per_image(pipeline, device):

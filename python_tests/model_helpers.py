@@ -1,0 +1,26 @@
+"""What the diffusion-network tests share: seeded inputs, and the check that a network's SpikeConv2d
+path computes what its plain-convolution path does."""
+
+import torch
+
+
+def network_inputs(config, batch=3, seed=0):
+    """``(x [B, C, S, S], t [B])`` for a network config, seeded."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, config.image_channels, config.image_size, config.image_size, generator=generator)
+    return x, torch.randint(0, 1000, (batch,), generator=generator)
+
+
+def assert_spike_conv_matches_plain_conv(network_class, config):
+    """The same weights with ``spike_conv`` on and off: the same output, and the same input gradient."""
+    torch.manual_seed(0)
+    plain = network_class(config, spike_conv=False)
+    spiking = network_class(config, spike_conv=True)
+    spiking.load_state_dict(plain.state_dict())
+    x, t = network_inputs(config)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = plain(x1, t), spiking(x2, t)
+    torch.testing.assert_close(y2, y1, rtol=1e-5, atol=1e-6)
+    y1.square().sum().backward()
+    y2.square().sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-4, atol=1e-6)
