@@ -24,6 +24,11 @@ def _macs(module, x, y):
     if isinstance(module, torch.nn.Conv2d):
         kernel_h, kernel_w = module.kernel_size
         return y.numel() * (module.in_channels // module.groups) * kernel_h * kernel_w
+    if isinstance(module, torch.nn.ConvTranspose2d):
+        # A transposed convolution scatters each input element to out_channels/groups x kernel taps
+        # (taps that the output's padding crops away included: the work is done, then discarded).
+        kernel_h, kernel_w = module.kernel_size
+        return x.numel() * (module.out_channels // module.groups) * kernel_h * kernel_w
     return y.numel() * module.in_features
 
 
@@ -77,7 +82,7 @@ class ActivityReport:
 
 
 class ActivityMonitor:
-    """Counts spikes of every spikekern neuron and the operations of every Conv2d/Linear in ``model``
+    """Counts spikes of every spikekern neuron and the operations of every Conv2d/ConvTranspose2d/Linear in ``model``
     while in a ``with`` block; the report divides by the number of forwards of ``model`` itself."""
 
     def __init__(self, model):
@@ -92,7 +97,7 @@ class ActivityMonitor:
             if isinstance(module, (BaseNode, Leaky)):
                 self._activity[name] = LayerActivity()
                 self._handles.append(module.register_forward_hook(self._neuron_hook(name)))
-            elif isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            elif isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
                 self._handles.append(module.register_forward_hook(self._layer_hook))
         return self
 

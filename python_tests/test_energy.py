@@ -1,0 +1,48 @@
+"""The activity monitor's counts on a network small enough to count by hand."""
+
+import pytest
+import torch
+
+from spikekern.energy import E_AC_PJ, E_MAC_PJ, ActivityMonitor
+from spikekern.nn import IFNode
+
+
+class TinySpikingNet(torch.nn.Module):
+    """Image -> conv (real input: MACs) -> IF -> transposed conv and linear (spike input: SOPs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = torch.nn.Conv2d(1, 2, 3, padding=1, bias=False)
+        self.neuron = IFNode(v_threshold=0.5, step_mode="s")
+        self.decoder = torch.nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1, bias=False)
+        self.head = torch.nn.Linear(2 * 4 * 4, 5, bias=False)
+
+    def forward(self, images):
+        spikes = self.neuron(self.encoder(images))
+        return self.decoder(spikes), self.head(spikes.flatten(1))
+
+
+def test_counts_macs_of_real_input_and_sops_of_spike_input():
+    torch.manual_seed(0)
+    net = TinySpikingNet()
+    images = 4 * torch.rand(2, 1, 4, 4)
+    with torch.no_grad(), ActivityMonitor(net) as monitor:
+        net(images)
+    net.neuron.reset()
+    with torch.no_grad():
+        spikes = net.neuron(net.encoder(images))
+    rate = float(spikes.mean())
+    assert 0 < rate < 1
+    encoder_macs = 2 * 2 * 4 * 4 * (1 * 3 * 3)  # output elements x (in_channels x taps)
+    decoder_macs = spikes.numel() * 3 * 3 * 3  # input elements x (out_channels x taps)
+    head_macs = 2 * 5 * 32  # output elements x in_features
+    report = monitor.report
+    assert report.calls == 1 and report.images == 2
+    assert report.macs == encoder_macs
+    assert report.dense_macs == decoder_macs + head_macs
+    assert report.sops == pytest.approx((decoder_macs + head_macs) * rate)
+    assert report.firing_rates == {"neuron": pytest.approx(rate)}
+    assert report.overall_firing_rate == pytest.approx(rate)
+    expected_mj = (encoder_macs * E_MAC_PJ + (decoder_macs + head_macs) * rate * E_AC_PJ) / 2 * 1e-9
+    assert report.energy_mj_per_image() == pytest.approx(expected_mj)
+    assert "ratio SNN/ANN" in report.format(ann_macs_per_image=1000.0)
