@@ -1,9 +1,12 @@
 """spike_conv2d against F.conv2d and its autograd: geometry (strides, paddings, dilations, groups, odd
-sizes), layouts, T-folded input, spike rates, dtypes, saved memory, bad input, the plan, opcheck,
+sizes), layouts, T-folded input, spike rates, dtypes, both paths of the Triton forward and its grad_s
+kernel, the NCHW pack kernel, saved memory, bad input, the plan and the density dispatch, opcheck,
 torch.compile and the Triton kernels' ahead-of-time compilation for sm_90.
 
 Tolerances (docs/spike_conv2d.md): the torch backend is bit-identical to F.conv2d and its autograd in
-float32; the Triton tensor-core path is within spike_linear's FLOAT_TOLERANCE, relative to the scale."""
+float32; the sparse Triton forward is bit-identical to ordered_reference_forward (its documented order)
+in float32 and float16; otherwise the Triton backend is within spike_linear's FLOAT_TOLERANCE of
+F.conv2d, relative to the scale."""
 
 import pytest
 import torch
@@ -12,10 +15,14 @@ from conftest import DEVICE, assert_bit_equal, assert_close_verbose
 from spike_helpers import FLOAT_TOLERANCE, GPU_ONLY, TRITON_USABLE, forward_backward, spike_aot_case
 from triton_aot import compile_test
 
-from spikekern.ops.spike_conv2d import spike_conv2d, spike_conv2d_plan
-from spikekern.ops.spike_pack import set_validation
+from spikekern.ops.spike_conv2d import SPARSE_MAX_DENSITY, ordered_reference_forward, spike_conv2d, spike_conv2d_plan
+from spikekern.ops.spike_pack import as_rows, pack_rows, set_validation
 
 BACKENDS = ["torch"] + (["triton"] if TRITON_USABLE else [])
+# (backend, forward path): the torch backend has one path; Triton's two paths share the backward kernels.
+RUNS = [("torch", "auto")] + ([("triton", "dense"), ("triton", "sparse")] if TRITON_USABLE else [])
+RUN_IDS = [f"{backend}-{path}" for backend, path in RUNS]
+TRITON_ONLY = pytest.mark.skipif(not TRITON_USABLE, reason="the Triton backend cannot run here")
 GRADIENT_NAMES = ("output", "grad s", "grad weight", "grad bias")
 
 
@@ -38,9 +45,9 @@ def f_conv2d(spikes, weight, bias, groups=1, **geometry):
     return out.view(*spikes.shape[:-3], *out.shape[1:])
 
 
-def check_close_to_f_conv2d(backend, problem, groups, geometry, dtype=torch.float32):
+def check_close_to_f_conv2d(backend, problem, groups, geometry, dtype=torch.float32, path="auto"):
     def run(spikes, weight, bias):
-        return spike_conv2d(spikes, weight, bias, groups=groups, backend=backend, **geometry)
+        return spike_conv2d(spikes, weight, bias, groups=groups, path=path, backend=backend, **geometry)
 
     out, grads = forward_backward(run, *problem)
     # The expectation is F.conv2d in float32 on the same (rounded) values, rounded once to the dtype.
@@ -61,27 +68,50 @@ CASES = [
     ((2, 40, 6, 5), 3, (3, 3), 1, {"stride": (1, 2), "padding": (2, 1), "dilation": 2}),  # 40 channels: two words
     ((2, 4, 5, 5), 4, (3, 3), 4, {"padding": 1}),  # depthwise
     ((2, 2, 3, 5, 4), 6, (1, 1), 1, {}),  # time-first [T, N, C, H, W]
+    ((1, 48, 4, 5), 6, (2, 3), 2, {"stride": (2, 1), "padding": (1, 0)}),  # group 1 starts mid-word
+    ((2, 3, 7, 5), 6, (1, 1), 3, {"stride": 2}),  # depthwise, 2 outputs per channel, 1x1 strided
 ]
+RATES = [0.0, 0.01, 0.2, 1.0]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("rate", [0.0, 0.2, 1.0])
+@pytest.mark.parametrize(("backend", "path"), RUNS, ids=RUN_IDS)
+@pytest.mark.parametrize("rate", RATES)
 @pytest.mark.parametrize("index", range(len(CASES)), ids=lambda i: f"case{i}")
-def test_float32_matches_f_conv2d(backend, rate, index):
+def test_float32_matches_f_conv2d(backend, path, rate, index):
     shape, out_channels, kernel_size, groups, geometry = CASES[index]
     problem = make_problem(shape, out_channels, kernel_size, groups, rate, **geometry)
-    out, grads = check_close_to_f_conv2d(backend, problem, groups, geometry)
+    out, grads = check_close_to_f_conv2d(backend, problem, groups, geometry, path=path)
     if backend == "torch":  # the reference is F.conv2d and its autograd on the unpacked (identical) spikes
         expected_out, expected_grads = forward_backward(lambda *a: f_conv2d(*a, groups=groups, **geometry), *problem)
         for name, actual, expected in zip(GRADIENT_NAMES, [out, *grads], [expected_out, *expected_grads]):
             assert_bit_equal(actual, expected, name)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_float16(backend):
-    shape, out_channels, kernel_size, groups, geometry = CASES[0]
+@pytest.mark.parametrize(("backend", "path"), RUNS, ids=RUN_IDS)
+@pytest.mark.parametrize("index", [0, 5], ids=lambda i: f"case{i}")
+def test_float16(backend, path, index):
+    shape, out_channels, kernel_size, groups, geometry = CASES[index]
     problem = make_problem(shape, out_channels, kernel_size, groups, dtype=torch.float16, **geometry)
-    check_close_to_f_conv2d(backend, problem, groups, geometry, torch.float16)
+    check_close_to_f_conv2d(backend, problem, groups, geometry, torch.float16, path)
+
+
+def normalised(geometry):
+    """F.conv2d's keyword geometry as ordered_reference_forward's three pairs."""
+    pairs = [geometry.get(name, default) for name, default in (("stride", 1), ("padding", 0), ("dilation", 1))]
+    return [list(value) if isinstance(value, tuple) else [value, value] for value in pairs]
+
+
+@TRITON_ONLY
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("index", range(len(CASES)), ids=lambda i: f"case{i}")
+def test_sparse_path_sums_in_the_documented_order(dtype, rate, index):
+    shape, out_channels, kernel_size, groups, geometry = CASES[index]
+    spikes, weight, bias, _ = make_problem(shape, out_channels, kernel_size, groups, rate, dtype, **geometry)
+    out = spike_conv2d(spikes, weight, bias, groups=groups, path="sparse", backend="triton", **geometry)
+    images = spikes.flatten(0, 1) if spikes.dim() == 5 else spikes
+    expected = ordered_reference_forward(images, weight, bias, *normalised(geometry), groups)
+    assert_bit_equal(out, expected.reshape(out.shape), "sparse forward")
 
 
 @GPU_ONLY
@@ -121,9 +151,11 @@ def test_saves_one_bit_per_input_element_and_never_the_dense_input(backend):
     )
 
 
-def test_non_binary_input_is_refused():
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_non_binary_input_is_refused(memory_format):
     spikes, weight, bias, _ = make_problem((2, 5, 6, 7), 7, (3, 3))
     spikes[1, 3, 2, 2] = 0.5
+    spikes = spikes.contiguous(memory_format=memory_format)  # NCHW: the NCHW pack kernel; else rows
     for backend in BACKENDS:
         with pytest.raises(ValueError, match="s must hold only spikes"):
             spike_conv2d(spikes, weight, bias, backend=backend)
@@ -166,25 +198,55 @@ def test_bad_arguments_are_refused_with_their_names():
         spike_conv2d(spikes, weight, dilation=4)
     with pytest.raises(ValueError, match="path must be one of"):
         spike_conv2d(spikes, weight, path="fast")
-    with pytest.raises(NotImplementedError, match="no sparse .* kernel yet"):
-        spike_conv2d(spikes, weight, path="sparse")
-    with pytest.raises(RuntimeError, match="not implemented for this op yet"):
-        spike_conv2d(spikes, weight, backend="cuda")
+    if DEVICE != "cuda":
+        with pytest.raises(RuntimeError, match="the CUDA kernels need a CUDA tensor"):
+            spike_conv2d(spikes, weight, backend="cuda")
 
 
 def test_plan_names_the_backend_and_path():
     spikes, weight, _, _ = make_problem((2, 6, 6, 7), 4, (3, 3))
     assert spike_conv2d_plan(spikes, weight, backend="torch").path == "reference"
     if TRITON_USABLE:
-        plan = spike_conv2d_plan(spikes, weight, backend="triton")
-        assert (plan.backend, plan.path) == ("triton", "dense") and "only path" in plan.reason, plan
+        plan = spike_conv2d_plan(spikes, weight, path="sparse", backend="triton")
+        assert plan == ("triton", "sparse", "path='sparse' requested"), plan
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_opcheck(backend):
+@TRITON_ONLY
+@pytest.mark.parametrize(("rate", "path", "relation"), [(0.0, "sparse", "<="), (0.01, "sparse", "<="),
+                                                        (0.2, "dense", ">"), (1.0, "dense", ">")])  # fmt: skip
+def test_auto_takes_the_sparse_path_at_low_density_and_says_why(rate, path, relation):
+    spikes, weight, bias, _ = make_problem((2, 2, 40, 5, 4), 6, (3, 3), rate=rate, padding=1)
+    density = spikes.mean().item()
+    assert (density <= SPARSE_MAX_DENSITY) == (path == "sparse"), "the rate must fall on the intended side"
+    plan = spike_conv2d_plan(spikes, weight, bias, padding=1, backend="triton")
+    assert (plan.backend, plan.path) == ("triton", path), plan
+    assert plan.reason == f"auto: spike density {density:.4f} {relation} SPARSE_MAX_DENSITY {SPARSE_MAX_DENSITY}"
+    out = spike_conv2d(spikes, weight, bias, padding=1, backend="triton")
+    assert_bit_equal(out, spike_conv2d(spikes, weight, bias, padding=1, path=path, backend="triton"), "auto")
+
+
+@TRITON_ONLY
+@pytest.mark.parametrize("shape", [(2, 5, 3, 4), (1, 40, 2, 3), (3, 64, 1, 5), (1, 1, 9, 70)])
+@pytest.mark.parametrize("rate", [0.3, 1.0])
+def test_nchw_pack_kernel_equals_the_channels_last_pack(shape, rate):
+    from spikekern.ops.triton.spike_conv2d import pack_nchw
+
+    spikes = make_problem(shape, 1, (1, 1), rate=rate)[0]
+    batch, _, height, width = shape
+    expected = pack_rows(as_rows(spikes.permute(0, 2, 3, 1)), True, "torch").view(batch, height, width, -1)
+    packed, invalid = pack_nchw(spikes, True)
+    assert packed.dtype == torch.int32 and torch.equal(packed, expected), "the words differ (bit 31: sign)"
+    assert invalid.tolist() == [0]
+    spikes[-1, -1, -1, -1] = 0.5
+    assert pack_nchw(spikes, True)[1].tolist() == [1], "non-binary input must set the flag"
+    assert pack_nchw(spikes, False)[1].tolist() == [0], "no check without validation"
+
+
+@pytest.mark.parametrize(("backend", "path"), RUNS, ids=RUN_IDS)
+def test_opcheck(backend, path):
     spikes, weight, bias, grad_out = make_problem((2, 6, 5, 4), 4, (3, 3), 2, padding=1, stride=(2, 1))
     geometry = ([2, 1], [1, 1], [1, 1], 2)
-    sample = (spikes.requires_grad_(), weight.requires_grad_(), bias.requires_grad_(), *geometry, True, backend)
+    sample = (spikes.requires_grad_(), weight.requires_grad_(), bias.requires_grad_(), *geometry, True, path, backend)
     torch.library.opcheck(torch.ops.spikekern.spike_conv2d_forward.default, sample)
     _, packed = torch.ops.spikekern.spike_conv2d_forward(*sample)
     backward_args = (grad_out, packed, weight.detach(), *geometry, True, True, True, backend)
@@ -192,19 +254,22 @@ def test_opcheck(backend):
 
 
 class SpikingConvNet(torch.nn.Module):
-    def __init__(self):
+    def __init__(self, backend, path):
         super().__init__()
         self.conv = torch.nn.Conv2d(5, 6, 3, padding=1)
         self.readout = torch.nn.Linear(6, 3)
+        self.backend, self.path = backend, path
 
     def forward(self, spikes):
-        features = spike_conv2d(spikes, self.conv.weight, self.conv.bias, padding=1)
+        features = spike_conv2d(spikes, self.conv.weight, self.conv.bias, padding=1, path=self.path,
+                                backend=self.backend)  # fmt: skip
         return self.readout(features.mean((-2, -1)))
 
 
-def test_torch_compile_fullgraph_has_no_graph_break():
+@pytest.mark.parametrize(("backend", "path"), RUNS, ids=RUN_IDS)
+def test_torch_compile_fullgraph_has_no_graph_break(backend, path):
     torch._dynamo.reset()
-    model = SpikingConvNet().to(DEVICE)
+    model = SpikingConvNet(backend, path).to(DEVICE)
     spikes = make_problem((2, 2, 5, 4, 4), 1, (1, 1))[0]
     out_eager = model(spikes)
     out_compiled = torch.compile(model, fullgraph=True)(spikes)
@@ -223,16 +288,26 @@ def test_torch_compile_fullgraph_has_no_graph_break():
 # ----------------------------------------------------------------------------------------------
 
 BLOCKS = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 32}
+PRECISIONS = (("float32", "tf32x3"), ("float16", "tf32"), ("bfloat16", "tf32"))
+IMPLICIT_GEMM_KERNELS = ("_dense_forward_kernel", "_dense_grad_weight_kernel", "_grad_input_kernel")
 AOT_CASES = (
     [spike_aot_case("spike_conv2d", "_dense_forward_kernel", dtype, {"HAS_BIAS": True, "DOT_PRECISION": precision, **BLOCKS})
-     for dtype, precision in (("float32", "tf32x3"), ("float16", "tf32"), ("bfloat16", "tf32"))]
+     for dtype, precision in PRECISIONS]
     + [spike_aot_case("spike_conv2d", "_dense_grad_weight_kernel", dtype, {"DOT_PRECISION": precision, **BLOCKS})
-       for dtype, precision in (("float32", "tf32x3"), ("bfloat16", "tf32"))]
+       for dtype, precision in (PRECISIONS[0], PRECISIONS[2])]
+    + [spike_aot_case("spike_conv2d", "_grad_input_kernel", dtype,
+                      {"DOT_PRECISION": precision, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32})
+       for dtype, precision in PRECISIONS]
+    + [spike_aot_case("spike_conv2d", "_sparse_forward_kernel", dtype, {"HAS_BIAS": True, "BLOCK_M": 32, "BLOCK_N": 64})
+       for dtype, _ in PRECISIONS]
+    + [spike_aot_case("spike_conv2d", "_pack_nchw_kernel", dtype, {"VALIDATE": validate, "BLOCK_PIXELS": 64})
+       for dtype, validate in (("float32", True), ("float16", False), ("bfloat16", True))]
 )  # fmt: skip
 
 
 def check_tensor_cores(spec, result):
-    assert result["tensor_cores"], "the implicit-GEMM kernels must use tensor-core MMA instructions on sm_90"
+    if spec["kernel"] in IMPLICIT_GEMM_KERNELS:
+        assert result["tensor_cores"], "the implicit-GEMM kernels must use tensor-core MMA instructions on sm_90"
 
 
 test_triton_kernels_compile_for_sm90_with_tensor_cores = compile_test(AOT_CASES, check_tensor_cores)

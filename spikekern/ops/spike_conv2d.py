@@ -5,9 +5,12 @@ Two custom ops, ``spikekern::spike_conv2d_forward`` (returns the output and the 
 module holds anyway). The input is packed channels-last: ``[N, C, H, W]`` spikes become
 ``[N, H, W, ceil(C/32)]`` int32 words in spike_pack's format, each pixel's channels being one packed
 row, which is what an implicit GEMM reads per kernel tap. The reference, unpack + ``F.conv2d``, is the
-specification; the Triton backend has a dense implicit-GEMM path (docs/spike_conv2d.md).
+specification; the Triton backend has a dense implicit-GEMM path and a sparse path that adds the
+weight rows of active inputs (chosen from the spike density), a transposed implicit GEMM for grad_s
+and a pack kernel for NCHW input (docs/spike_conv2d.md).
 """
 
+from types import SimpleNamespace
 from typing import NamedTuple, Optional
 
 import torch
@@ -15,18 +18,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._dispatch import check_backend_name
-from .spike_linear import PATHS, _use_reference
+from .spike_linear import PATHS, _use_reference, ordered_masked_sum, spike_density
 from .spike_pack import (
-    as_rows, check_spikes, pack_rows, select_spike_backend, unpack_rows, validation_enabled, words_per_row,
+    as_rows, check_spikes, pack_rows, raise_if_not_binary, select_spike_backend, unpack_rows, validation_enabled,
+    words_per_row,
 )  # fmt: skip
 
-# No CUDA C++ kernel for the convolution yet.
-CONV_KERNELS = ("triton", "torch")
-
-_MISSING_SPARSE_PATH = (
-    "spike_conv2d has no sparse (event-driven) kernel yet: path='sparse' needs a Triton kernel that "
-    "scatters or gathers per active input; use path='dense' or 'auto'"
-)
+# Every backend: the CUDA C++ kernels are CUDA_KERNEL_OPS (csrc/spike/spike_conv2d_*).
+CONV_KERNELS = ("cuda", "triton", "torch")
+# "auto" takes the sparse path up to this fraction of active inputs. Provisional (spike_linear's
+# threshold, from published sparse-vs-dense crossovers near 1-2%): to be measured on the H100 against
+# this op's dense implicit GEMM, which reuses each spike tile across the output channels.
+SPARSE_MAX_DENSITY = 0.02
 
 
 def output_size(in_size, kernel_size, stride, padding, dilation):
@@ -37,19 +40,21 @@ def output_size(in_size, kernel_size, stride, padding, dilation):
     )
 
 
-def pack_channels_last(s: Tensor, validate: bool, backend: str) -> Tensor:
-    """``[N, C, H, W]`` spikes -> ``[N, H, W, ceil(C/32)]`` words (free permute for channels-last ``s``;
-    an NCHW ``s`` is transposed once densely before packing)."""
-    batch, channels, height, width = s.shape
-    packed = pack_rows(as_rows(s.permute(0, 2, 3, 1)), validate, backend)
-    return packed.view(batch, height, width, words_per_row(channels))
-
-
 def unpack_channels_last(packed: Tensor, channels: int, dtype: torch.dtype) -> Tensor:
-    """The inverse of ``pack_channels_last`` (reference backend): NCHW-contiguous 0/1 spikes."""
+    """Packed ``[N, H, W, ceil(C/32)]`` words -> NCHW-contiguous 0/1 spikes (reference backend)."""
     batch, height, width, _ = packed.shape
     rows = unpack_rows(as_rows(packed), channels, dtype, "torch")
     return rows.view(batch, height, width, channels).permute(0, 3, 1, 2).contiguous()
+
+
+def resolve_path(path: str, packed: Tensor, channels: int):
+    """(the path that runs, why): ``path`` itself unless it is "auto", which compares the spike density
+    counted from the packed words with SPARSE_MAX_DENSITY (one host synchronisation)."""
+    if path != "auto":
+        return path, f"path={path!r} requested"
+    density = spike_density(as_rows(packed), channels)
+    chosen, relation = ("sparse", "<=") if density <= SPARSE_MAX_DENSITY else ("dense", ">")
+    return chosen, f"auto: spike density {density:.4f} {relation} SPARSE_MAX_DENSITY {SPARSE_MAX_DENSITY}"
 
 
 def _empty_output(like: Tensor, batch, out_channels, out_size):
@@ -58,23 +63,40 @@ def _empty_output(like: Tensor, batch, out_channels, out_size):
 
 
 # ----------------------------------------------------------------------------------------------
-# Backends
+# Reference (the specification) and the sparse path's summation order
 # ----------------------------------------------------------------------------------------------
 
 
-def _triton_module():
-    from .triton import spike_conv2d as triton_spike_conv2d  # imported late: TRITON_INTERPRET is read at import
-
-    return triton_spike_conv2d
-
-
-def _run_forward(backend, packed, weight, bias, stride, padding, dilation, groups):
+def reference_forward(packed, weight, bias, stride, padding, dilation, groups):
+    """Unpack + ``F.conv2d``, written into the channels-last output every backend returns."""
+    spikes = unpack_channels_last(packed, weight.shape[1] * groups, weight.dtype)
     out_size = output_size(packed.shape[1:3], weight.shape[2:], stride, padding, dilation)
-    if backend == "torch":
-        spikes = unpack_channels_last(packed, weight.shape[1] * groups, weight.dtype)
-        out = _empty_output(weight, packed.shape[0], weight.shape[0], out_size)
-        return out.copy_(F.conv2d(spikes, weight, bias, stride, padding, dilation, groups))
-    return _triton_module().dense_forward(packed, weight, bias, out_size, stride, padding, dilation, groups)
+    out = _empty_output(weight, packed.shape[0], weight.shape[0], out_size)
+    return out.copy_(F.conv2d(spikes, weight, bias, stride, padding, dilation, groups))
+
+
+def ordered_reference_forward(s, weight, bias, stride, padding, dilation, groups):
+    """``F.conv2d`` for NCHW spikes summed in the sparse path's order: for each output element, in fp32
+    from +0, the weights of its active inputs in ascending ``(kh, kw, c)`` (tap row-major, then the
+    channel within the group), then the bias, rounded once to the dtype (``ordered_masked_sum`` on the
+    unfolded input). The sparse Triton path equals it bit for bit (finite weights)."""
+    batch, channels, _, _ = s.shape
+    out_channels, channels_per_group, kernel_h, kernel_w = weight.shape
+    out_size = output_size(s.shape[2:], weight.shape[2:], stride, padding, dilation)
+    # [N, C, KH*KW, L] -> per group [N*L, (kh, kw, c)]: the reduction in the documented order.
+    columns = F.unfold(s.float(), (kernel_h, kernel_w), dilation, padding, stride)
+    columns = columns.view(batch, channels, kernel_h * kernel_w, -1).permute(0, 3, 2, 1)
+    out_per_group = out_channels // groups
+    sums = []
+    for group in range(groups):
+        mask = columns[..., group * channels_per_group : (group + 1) * channels_per_group].flatten(0, 1).flatten(1)
+        group_weight = weight[group * out_per_group : (group + 1) * out_per_group]
+        sums.append(ordered_masked_sum(mask, group_weight.permute(2, 3, 1, 0).reshape(-1, out_per_group)))
+    out = torch.cat(sums, 1)
+    if bias is not None:
+        out = out + bias.float()
+    rows = out.to(weight.dtype).view(batch, *out_size, out_channels)
+    return rows.permute(0, 3, 1, 2)
 
 
 def _reference_backward(grad_out, packed, weight, stride, padding, dilation, groups, output_mask):
@@ -86,17 +108,65 @@ def _reference_backward(grad_out, packed, weight, stride, padding, dilation, gro
     )
 
 
-def _triton_backward(grad_out, packed, weight, stride, padding, dilation, groups, output_mask):
-    """grad_s: the dense transposed convolution ``torch.nn.grad.conv2d_input`` (cuDNN on the GPU);
-    grad_weight: the Triton kernel on the packed bits; grad_bias: a sum."""
+# ----------------------------------------------------------------------------------------------
+# Kernel backends
+# ----------------------------------------------------------------------------------------------
+
+
+# The spikekern_cuda ops behind each Triton host function, taking the same positional arguments.
+CUDA_KERNEL_OPS = {
+    "pack_nchw": "spike_conv2d_pack_nchw",
+    "dense_forward": "spike_conv2d_dense_forward",
+    "sparse_forward": "spike_conv2d_sparse_forward",
+    "dense_grad_weight": "spike_conv2d_dense_grad_weight",
+    "grad_input": "spike_conv2d_grad_input",
+}
+
+
+def _kernels(backend):
+    """The kernels of "cuda" or "triton", under the Triton host functions' names."""
+    if backend == "cuda":
+        ops = torch.ops.spikekern_cuda
+        return SimpleNamespace(**{name: getattr(ops, op_name) for name, op_name in CUDA_KERNEL_OPS.items()})
+    from .triton import spike_conv2d as triton_spike_conv2d  # imported late: TRITON_INTERPRET is read at import
+
+    return triton_spike_conv2d
+
+
+def pack_channels_last(s: Tensor, validate: bool, backend: str) -> Tensor:
+    """``[N, C, H, W]`` spikes -> ``[N, H, W, ceil(C/32)]`` words. A channels-last ``s`` is packed as rows
+    of spike_pack's format (the permute is a view); an NCHW ``s`` goes to the backend's pack kernel,
+    which gathers the channels itself, with no transposed copy."""
+    batch, channels, height, width = s.shape
+    pixels = s.permute(0, 2, 3, 1)
+    if backend == "torch" or s.numel() == 0 or pixels.is_contiguous():
+        return pack_rows(as_rows(pixels), validate, backend).view(batch, height, width, words_per_row(channels))
+    packed, invalid = _kernels(backend).pack_nchw(s.contiguous(), validate)
+    if validate:
+        raise_if_not_binary(bool(invalid.item()), "s")
+    return packed
+
+
+def _run_forward(backend, path, packed, weight, bias, stride, padding, dilation, groups):
+    if backend == "torch":
+        return reference_forward(packed, weight, bias, stride, padding, dilation, groups)
+    kernels = _kernels(backend)
+    chosen, _ = resolve_path(path, packed, weight.shape[1] * groups)
+    run = kernels.sparse_forward if chosen == "sparse" else kernels.dense_forward
+    out_size = list(output_size(packed.shape[1:3], weight.shape[2:], stride, padding, dilation))
+    return run(packed, weight, bias, out_size, stride, padding, dilation, groups)
+
+
+def _kernel_backward(backend, grad_out, packed, weight, stride, padding, dilation, groups, output_mask):
+    """grad_s: the transposed-convolution kernel; grad_weight: the kernel on the packed bits (both
+    paths: it skips all-zero spike tiles); grad_bias: a sum."""
     needs_input_grad, needs_weight_grad, needs_bias_grad = output_mask
+    kernels = _kernels(backend)
     grad_input = grad_weight = grad_bias = None
     if needs_input_grad:
-        batch, height, width, _ = packed.shape
-        input_shape = (batch, weight.shape[1] * groups, height, width)
-        grad_input = torch.nn.grad.conv2d_input(input_shape, weight, grad_out, stride, padding, dilation, groups)
+        in_size = list(packed.shape[1:3])
+        grad_input = kernels.grad_input(grad_out, weight, in_size, stride, padding, dilation, groups)
     if needs_weight_grad:
-        kernels = _triton_module()
         grad_weight = kernels.dense_grad_weight(grad_out, packed, weight, stride, padding, dilation, groups)
     if needs_bias_grad:
         grad_bias = grad_out.sum((0, 2, 3))
@@ -111,7 +181,7 @@ def _triton_backward(grad_out, packed, weight, stride, padding, dilation, groups
 @torch.library.custom_op("spikekern::spike_conv2d_forward", mutates_args=())
 def spike_conv2d_forward(
     s: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int], padding: list[int], dilation: list[int],
-    groups: int, validate: bool, backend: str,
+    groups: int, validate: bool, path: str, backend: str,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """``F.conv2d(s, ...)`` in channels-last memory, and packed ``s``: the words that backward reads."""
     backend = select_spike_backend(backend, s, CONV_KERNELS)
@@ -119,11 +189,12 @@ def spike_conv2d_forward(
     if _use_reference(s, weight):
         backend = "torch"
     bias = None if bias is None else bias.contiguous()
-    return _run_forward(backend, packed, weight.contiguous(), bias, stride, padding, dilation, groups), packed
+    out = _run_forward(backend, path, packed, weight.contiguous(), bias, stride, padding, dilation, groups)
+    return out, packed
 
 
 @spike_conv2d_forward.register_fake
-def _(s, weight, bias, stride, padding, dilation, groups, validate, backend):
+def _(s, weight, bias, stride, padding, dilation, groups, validate, path, backend):
     batch, channels, height, width = s.shape
     out_size = output_size((height, width), weight.shape[2:], stride, padding, dilation)
     packed = s.new_empty((batch, height, width, words_per_row(channels)), dtype=torch.int32)
@@ -139,11 +210,10 @@ def spike_conv2d_backward(
     backend = select_spike_backend(backend, grad_out, CONV_KERNELS)
     if _use_reference(grad_out, packed, weight):
         backend = "torch"
-    run = _reference_backward if backend == "torch" else _triton_backward
     output_mask = [needs_input_grad, needs_weight_grad, needs_bias_grad]
-    grad_input, grad_weight, grad_bias = run(
-        grad_out, packed, weight.contiguous(), stride, padding, dilation, groups, output_mask
-    )
+    args = (grad_out, packed, weight.contiguous(), stride, padding, dilation, groups, output_mask)
+    grads = _reference_backward(*args) if backend == "torch" else _kernel_backward(backend, *args)
+    grad_input, grad_weight, grad_bias = grads
     # Fixed layouts, the ones the fake kernel promises, whatever the backend's convolution chose.
     empty = grad_out.new_empty(0)
     return (
@@ -167,7 +237,7 @@ def _(grad_out, packed, weight, stride, padding, dilation, groups, needs_input_g
 
 
 def _setup_context(ctx, inputs, output):
-    _, weight, bias, stride, padding, dilation, groups, _, backend = inputs
+    _, weight, bias, stride, padding, dilation, groups, _, _, backend = inputs
     _, packed = output
     ctx.mark_non_differentiable(packed)
     ctx.save_for_backward(packed, weight)
@@ -187,7 +257,7 @@ def _backward(ctx, grad_out, _grad_packed):
         grad_input if needs_input_grad else None,
         grad_weight if needs_weight_grad else None,
         grad_bias if needs_bias_grad else None,
-        None, None, None, None, None, None,
+        None, None, None, None, None, None, None,
     )  # fmt: skip
 
 
@@ -245,15 +315,13 @@ def _check_arguments(s, weight, bias, stride, padding, dilation, groups, path, b
         )
     if path not in PATHS:
         raise ValueError(f"path must be one of {list(PATHS)}, got {path!r}")
-    if path == "sparse":
-        raise NotImplementedError(_MISSING_SPARSE_PATH)
     check_backend_name(backend)
     return stride, padding, dilation
 
 
 class SpikeConv2dPlan(NamedTuple):
     backend: str
-    path: str  # "dense", or "reference" for the torch backend
+    path: str  # "dense", "sparse", or "reference" for the torch backend
     reason: str
 
 
@@ -267,15 +335,17 @@ def spike_conv2d(
     s, weight, bias: one dtype of float32/float16/bfloat16; weight ``[OC, C/groups, kH, kW]``, bias ``[OC]``.
     stride, padding, dilation: an int or a pair of ints (no padding strings).
     The output is in channels-last memory whatever the layout of ``s``.
-    path: "dense" or "auto" (the Triton backend's dense implicit GEMM; the torch backend has one path);
-        "sparse" raises NotImplementedError for now. ``spike_conv2d_plan`` reports the choice.
-    backend: None for the best available, or "triton", "torch"; an unusable choice raises.
+    path: "dense" (implicit GEMM on tensor cores), "sparse" (adds the weight rows of the active inputs,
+        skipping silent words) or "auto" (sparse up to SPARSE_MAX_DENSITY; costs one host
+        synchronisation per forward to count spikes). Only the forward has two paths; the torch
+        backend has one. ``spike_conv2d_plan`` reports the choice.
+    backend: None for the best available, or "cuda", "triton", "torch"; an unusable choice raises.
     Non-binary ``s`` raises ValueError while validation is on (``spike_pack.set_validation``).
     """
     stride, padding, dilation = _check_arguments(s, weight, bias, stride, padding, dilation, groups, path, backend)
     images = s.flatten(0, 1) if s.dim() == 5 else s
     y, _ = torch.ops.spikekern.spike_conv2d_forward(
-        images, weight, bias, stride, padding, dilation, groups, validation_enabled(s.device), backend or ""
+        images, weight, bias, stride, padding, dilation, groups, validation_enabled(s.device), path, backend or ""
     )
     return y.view(*s.shape[:-3], *y.shape[1:]) if s.dim() == 5 else y
 
@@ -289,7 +359,6 @@ def spike_conv2d_plan(
     chosen_backend = select_spike_backend(backend or "", s, CONV_KERNELS)
     if chosen_backend == "torch":
         return SpikeConv2dPlan("torch", "reference", "the torch backend runs the reference (unpack + F.conv2d)")
-    reason = (
-        "path='dense' requested" if path == "dense" else "auto: dense, the only path so far (no sparse conv kernel)"
-    )
-    return SpikeConv2dPlan(chosen_backend, "dense", reason)
+    images = s.flatten(0, 1) if s.dim() == 5 else s
+    packed = pack_channels_last(images, validation_enabled(s.device), chosen_backend)
+    return SpikeConv2dPlan(chosen_backend, *resolve_path(path, packed, images.shape[1]))
