@@ -1,21 +1,16 @@
 // CUDA kernels of the spike ops on bit-packed spikes (format and summation orders:
 // docs/spike_ops.md), and their launchers. float32 accumulation everywhere; 64-bit offsets.
-#include <algorithm>
 #include <cstdint>
 
 #include <cuda_runtime.h>
 
 #include "common/elementwise.cuh"
 #include "common/multistep.cuh"  // dispatch_element_type
+#include "spike/spike_launch.cuh"
 #include "spike/spike_ops.h"
 
 namespace spikekern {
 namespace {
-
-constexpr int kWarpSize = 32;
-constexpr unsigned kFullWarpMask = 0xffffffffu;
-// Grid-stride kernels (pack, unpack) launch at most this many blocks per SM; larger problems loop.
-constexpr int kMaxBlocksPerMultiprocessor = 32;
 
 // Spikes per 16-byte access for element type T.
 template <typename T>
@@ -23,14 +18,6 @@ constexpr int kSpikesPerPack = kPackBytes / static_cast<int>(sizeof(T));
 
 bool is_pack_aligned(const void* pointer) {
   return reinterpret_cast<std::uintptr_t>(pointer) % kPackBytes == 0;
-}
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-unsigned grid_stride_blocks(int64_t threads_needed, int block_size, int multiprocessor_count) {
-  const int64_t cap = static_cast<int64_t>(multiprocessor_count) * kMaxBlocksPerMultiprocessor;
-  const int64_t blocks = std::min(ceil_div(threads_needed, block_size), cap);
-  return static_cast<unsigned>(std::max<int64_t>(1, blocks));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -83,10 +70,7 @@ __global__ void __launch_bounds__(kPackBlockSize) pack_spikes_kernel(PackArgs ar
       args.packed[word] = static_cast<int32_t>(bits);
     }
   }
-  // One atomic per warp that saw a non-binary value; the flag starts at 0 and is only ever set.
-  if (__any_sync(kFullWarpMask, invalid) && lane == 0 && args.invalid != nullptr) {
-    atomicOr(args.invalid, 1);
-  }
+  flag_invalid_spikes(invalid, args.invalid);
 }
 
 // Each thread writes kSpikesPerThread consecutive spikes of one row (one 16-byte pack, or 1 spike),

@@ -12,22 +12,14 @@
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "common/multistep_ops.h"  // check_tensor, multiprocessor_count
+#include "spike/spike_op_checks.h"  // check_element_type, current_stream
 #include "spike/spike_ops.h"
 
 namespace spikekern {
 namespace {
-
-ElementType check_element_type(at::ScalarType dtype, const char* name) {
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, name,
-              " must be float32, float16 or bfloat16, got ", dtype);
-  return dtype == at::kFloat  ? ElementType::kFloat32
-         : dtype == at::kHalf ? ElementType::kFloat16
-                              : ElementType::kBFloat16;
-}
 
 // A contiguous 2-d CUDA tensor: the one that fixes the device for the op's other tensors.
 void check_leading_matrix(const at::Tensor& tensor, const char* name) {
@@ -42,10 +34,6 @@ int64_t words_per_row(int64_t k_total) { return (k_total + kBitsPerWord - 1) / k
 void check_packed(const at::Tensor& packed, int64_t k_total, int64_t rows, const at::Tensor& like) {
   TORCH_CHECK(k_total >= 0, "k_total must be >= 0, got ", k_total);
   check_tensor(packed, "packed", like, at::kInt, {rows, words_per_row(k_total)});
-}
-
-cudaStream_t current_stream(const at::Tensor& on_device) {
-  return c10::cuda::getCurrentCUDAStream(on_device.get_device());
 }
 
 std::tuple<at::Tensor, at::Tensor> pack_spikes_cuda(const at::Tensor& spikes, bool validate) {
