@@ -1,12 +1,14 @@
 """The measuring shared by every benchmark: the environment record, device timing, copy bandwidth,
-saved-activation bytes, peak memory, per-op profiles and the results file.
+saved-activation bytes, peak memory, per-op profiles and the results file; and the float32 checks
+that come before timing.
 
 Nothing here depends on pytest, so a script can time something the same way the benchmarks do.
 Every line of the results file is self-contained (device, versions, command, the copy bandwidth of
 the same session, every metric), so runs from different machines can share one file and
-``report.py`` tells them apart.
+``python -m spikekern.bench report`` tells them apart.
 """
 
+import contextlib
 import datetime
 import functools
 import importlib
@@ -296,8 +298,11 @@ class SavedActivationMeter(torch.autograd.graph.saved_tensors_hooks):
     parts that were already dropped (a detached branch) are not counted: they are no longer held.
     """
 
-    def __init__(self):
+    def __init__(self, excluding=()):
+        """excluding: tensors whose storages are not counted, such as a layer's weight, which the layer
+        holds whether autograd saves it or not."""
         self._saved = []
+        self._excluded = {_storage_key(tensor) for tensor in excluding if tensor is not None}
         super().__init__(self._pack, lambda tensor: tensor)
 
     def __enter__(self):
@@ -313,11 +318,33 @@ class SavedActivationMeter(torch.autograd.graph.saved_tensors_hooks):
     def nbytes(self):
         storage_bytes = {}
         for tensor in (saved() for saved in self._saved):
-            if tensor is None:
-                continue
-            storage = tensor.untyped_storage()
-            storage_bytes[(storage.device, storage.data_ptr())] = storage.nbytes()
+            if tensor is not None and _storage_key(tensor) not in self._excluded:
+                storage_bytes[_storage_key(tensor)] = tensor.untyped_storage().nbytes()
         return sum(storage_bytes.values())
+
+
+def _storage_key(tensor):
+    storage = tensor.untyped_storage()
+    return storage.device, storage.data_ptr()
+
+
+@contextlib.contextmanager
+def exact_float32():
+    """cuDNN convolutions run in TF32 on GPUs by default (10-bit mantissa), and matmuls may be set to: both
+    off while a result is checked against float32."""
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+def assert_close_to_largest(actual, expected, rtol, what, floor=0.0):
+    """``actual`` within ``rtol`` of ``expected``, relative to each element and to the largest magnitude of
+    ``expected`` (at least ``floor``)."""
+    scale = max(expected.abs().max().item(), floor) if expected.numel() else floor
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale, msg=lambda message: f"{what}: {message}")
 
 
 def recorded_environment_variables():
@@ -354,10 +381,14 @@ class ResultsFile:
         return self.session["copy_bandwidth"]["GBps"]
 
     def append(self, result):
+        """Writes ``result`` with the session's record and returns the line written, which the benchmarks
+        also put in pytest-benchmark's ``extra_info``: its ``--benchmark-json`` file then holds the same
+        records, and the report reads either file."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = {"recorded": _now(), **result, **self.session}
         with self.path.open("a", encoding="utf-8") as results:
             results.write(json.dumps(line) + "\n")
+        return line
 
 
 def _now():

@@ -3,7 +3,6 @@ step) and DDIM sampling, for spikekern's network, the same network built from Sp
 its ANN counterpart; then the training step against T, batch and resolution. README.md explains the
 variants, the metrics and how to run it."""
 
-import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -11,7 +10,10 @@ from dataclasses import asdict, dataclass, replace
 import pytest
 import torch
 
-from bench_utils import DeviceTimer, SavedActivationMeter, benchmark_device, op_profile, peak_memory_bytes
+from bench_utils import (
+    DeviceTimer, SavedActivationMeter, assert_close_to_largest, benchmark_device, exact_float32, op_profile,
+    peak_memory_bytes,
+)  # fmt: skip
 
 SPIKEKERN = "spikekern"
 SPIKINGJELLY = "spikingjelly"
@@ -218,22 +220,6 @@ def spikingjelly_variant(size, device):
 VARIANTS = {SPIKEKERN: spikekern_variant, SPIKINGJELLY: spikingjelly_variant, ANN: ann_variant}
 
 
-@contextlib.contextmanager
-def exact_float32():
-    """cuDNN convolutions run in TF32 on GPUs by default (10-bit mantissa): off while checking."""
-    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
-
-
-def assert_close_to_largest(actual, expected, rtol, what):
-    scale = expected.abs().max().item()
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale, msg=lambda message: f"{what}: {message}")
-
-
 def output_and_gradients(module, x, grad_seed):
     """``module(x)`` and the gradients, for its input and its parameters, of a random projection of it."""
     x = x.detach().requires_grad_()
@@ -397,8 +383,9 @@ def test_sddpm_training_step(benchmark, request, bench_device, bench_timing, ben
         "parameter_count": parameter_count(measured.model),
         "profile": profile,
     }
-    benchmark.extra_info.update(metrics)
-    bench_results.append({**case_record(request, "train", size, variant, measured, headline), **metrics})
+    benchmark.extra_info.update(
+        bench_results.append({**case_record(request, "train", size, variant, measured, headline), **metrics})
+    )
 
 
 @pytest.mark.parametrize("variant", [pytest.param(variant, id=f"sddpm-sample-{variant}") for variant in VARIANTS])
@@ -436,5 +423,6 @@ def test_sddpm_sampling(benchmark, request, bench_device, bench_timing, bench_re
         "parameter_count": parameter_count(model),
         "profile": profile,
     }
-    benchmark.extra_info.update(metrics)
-    bench_results.append({**case_record(request, "sample", HEADLINE, variant, measured, True), **metrics})
+    benchmark.extra_info.update(
+        bench_results.append({**case_record(request, "sample", HEADLINE, variant, measured, True), **metrics})
+    )

@@ -283,15 +283,16 @@ def test_model_training_step(benchmark, request, bench_device, bench_timing, ben
         "saved_bytes": saved_bytes,
         "parameter_count": sum(parameter.numel() for parameter in measured.parameters),
     }
-    benchmark.extra_info.update(metrics)
-    bench_results.append(
-        {
-            "suite": "models",
-            "test": request.node.nodeid,
-            "case": model,
-            "shape": list(size.input_shape),
-            "provider": variant,
-            "provider_detail": measured.detail,
-            **metrics,
-        }
+    benchmark.extra_info.update(
+        bench_results.append(
+            {
+                "suite": "models",
+                "test": request.node.nodeid,
+                "case": model,
+                "shape": list(size.input_shape),
+                "provider": variant,
+                "provider_detail": measured.detail,
+                **metrics,
+            }
+        )
     )

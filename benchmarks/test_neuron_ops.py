@@ -205,17 +205,18 @@ def test_neuron_multistep(
         # The same input should give about the same rate everywhere; a peer set up differently shows here.
         "spike_rate": spikes.float().mean().item(),
     }
-    benchmark.extra_info.update(metrics)
-    bench_results.append(
-        {
-            "suite": "neuron_ops",
-            "test": request.node.nodeid,
-            "neuron": neuron,
-            "mode": mode,
-            "dtype": dtype_name,
-            "shape": list(shape),
-            "provider": provider,
-            "provider_detail": layer.detail,
-            **metrics,
-        }
+    benchmark.extra_info.update(
+        bench_results.append(
+            {
+                "suite": "neuron_ops",
+                "test": request.node.nodeid,
+                "neuron": neuron,
+                "mode": mode,
+                "dtype": dtype_name,
+                "shape": list(shape),
+                "provider": provider,
+                "provider_detail": layer.detail,
+                **metrics,
+            }
+        )
     )

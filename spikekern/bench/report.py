@@ -1,16 +1,17 @@
-"""Tables and plots from a benchmark results file.
+"""Tables and plots from a benchmark results file: ``python -m spikekern.bench report RESULTS [--out DIR]``.
 
-    python benchmarks/report.py RESULTS.jsonl [--out-dir DIR]
-
-Writes report.md (per device: the issue's targets, then every model and every neuron-op case with its
-providers side by side, then the SDDPM U-Net: its headline case against its targets, with per-op profiles
-where one is missed, and its scaling with T, batch and resolution), neuron_ops.png (fwd+bwd time and
-fraction of copy bandwidth per provider), models.png (training-step time and peak memory per variant) and
-diffusion_models.png (SDDPM training-step time and memory against T) next to the results file, or in DIR.
-A file that several runs appended to shows, per device, the newest result of each case and provider.
+RESULTS is the JSON-lines file the benchmarks append to, or pytest-benchmark's ``--benchmark-json`` file
+(the benchmarks put each result in its ``extra_info``). Writes report.md (per device: the issue's targets,
+then every model and every neuron-op case with its providers side by side, the spike ops against the
+dense baselines over spike rates, then the SDDPM U-Net: its headline case against its targets, with
+per-op profiles where one is missed, and its scaling with T, batch and resolution), neuron_ops.png
+(fwd+bwd time and fraction of copy bandwidth per provider), models.png (training-step time and peak
+memory per variant), spike_ops.png (speed-up against spike rate; the fused block as bars) and
+diffusion_models.png (SDDPM training-step time and memory against T) next to the results file, or in
+DIR. A file that several runs appended to shows, per device, the newest result of each case and
+provider. The plots need matplotlib; without it the report says so and writes the tables.
 """
 
-import argparse
 import json
 import sys
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from pathlib import Path
 NEURON_SUITE = "neuron_ops"
 MODEL_SUITE = "models"
 DIFFUSION_SUITE = "diffusion_models"
+SPIKE_SUITE = "spike_ops"
 NEURON_ORDER = ("lif", "if", "plif")
 MODE_TITLES = {"forward": "forward", "backward": "backward", "full": "fwd+bwd"}
 DTYPE_ORDER = ("float32", "bfloat16")
@@ -48,17 +50,25 @@ DIFFUSION_KIND_TITLES = {"train": "training step", "sample": "DDIM sampling"}
 PROFILE_NAME_CHARACTERS = 100
 
 
+class Bounded:
+    """A target's test, for subclasses with ``bound`` and ``at_least`` (the value must reach the bound,
+    else stay at or under it)."""
+
+    def met(self, value):
+        return value >= self.bound if self.at_least else value <= self.bound
+
+    def requirement(self):
+        return f"{'≥' if self.at_least else '≤'} {self.bound:.3g}"
+
+
 @dataclass(frozen=True)
-class DiffusionTarget:
+class DiffusionTarget(Bounded):
     what: str
     kind: str  # the measurement it reads: "train" or "sample"
     baseline: str
     ratio: Callable  # (spikekern's result, the baseline's) -> the ratio, or None where one was not measured
     bound: float
     at_least: bool  # the ratio must reach the bound, else stay at or under it
-
-    def met(self, value):
-        return value >= self.bound if self.at_least else value <= self.bound
 
 
 def peak_memory_ratio(result, baseline):
@@ -291,6 +301,7 @@ def diffusion_headline_groups(cases):
 
 
 def first_result(kinds):
+    """The first result of a ``{group: {provider: result}}`` mapping, for what its results share."""
     return next(iter(next(iter(kinds.values())).values()))
 
 
@@ -348,7 +359,7 @@ def diffusion_target_lines(case, shape, on_gpu, values):
     note = "measured side by side in the same run" if at_issue_size else f"set at {issue_size}: here they only indicate"
     rows = [
         f"| {target.what} | {'no result' if value is None else against_target(f'{value:.2f}', target.met(value))} "
-        f"| {'≥' if target.at_least else '≤'} {target.bound:g} |"
+        f"| {target.requirement()} |"
         for target, value in values
     ]
     return [f"Targets ({note}):", "", f"| target | {DIFFUSION_MEASURED} | needed |", "|---|---:|---:|", *rows]
@@ -446,35 +457,256 @@ def diffusion_scaling_lines(cases):
     ]
 
 
-def markdown(neuron_cases, model_cases, diffusion_cases):
-    """Per device: its environment, the targets, then the model cases, the neuron-op cases and the SDDPM
-    U-Net."""
+# The spike ops (benchmarks/test_spike_ops.py): spikekern's ops over spike rates against the dense op of the
+# same dtype, each case's "baseline" provider; the issue's targets hold at these shapes on a GPU.
+SPIKE_OP_ORDER = ("conv2d", "linear", "conv_bn_lif")
+SPIKE_MODE_TITLES = {"forward": "forward", "full": "fwd+bwd", "inference": "inference"}
+SPIKE_AUTO = "spikekern-auto"
+SPIKE_FUSED = "spikekern-fused"
+SPIKE_TARGET_SHAPES = {"conv2d": [128, 128, 32, 32], "linear": [4096, 2048], "conv_bn_lif": [4, 32, 128, 32, 32]}
+ONE_BIT = 1 / 8  # bytes per input element
+FUSED_TARGET_SPEEDUP = 1.5
+
+
+def spike_case_key(result):
+    return (
+        SPIKE_OP_ORDER.index(result["op"]),
+        list(SPIKE_MODE_TITLES).index(result["mode"]),
+        DTYPE_ORDER.index(result["dtype"]),
+        tuple(result["shape"]),
+        result["rate"],
+    )
+
+
+def spike_tables(cases):
+    """{(op, mode, dtype, shape): {rate: {provider: result}}}, one table per op, mode, dtype and shape."""
+    tables = {}
+    for key in sorted(cases):
+        tables.setdefault(key[:4], {})[key[4]] = cases[key]
+    return tables
+
+
+def spike_case_title(result):
+    return (
+        f"{result['op']} {SPIKE_MODE_TITLES[result['mode']]}, {result['dtype']}, {shape_text(result)}, "
+        f"weight {result['weight_shape']}"
+    )
+
+
+def baseline_speedup(results, provider):
+    """``provider``'s speed-up over the case's dense baseline; None where either was not measured."""
+    result = results.get(provider)
+    return None if result is None else speedup(results, provider, result["baseline"])
+
+
+def spike_table(rates):
+    sample = first_result(rates)
+    header = [
+        f"| spike rate | provider | path | median ms | p20-p80 ms | x vs {sample['baseline']} | saved B/elem "
+        "| peak MiB | how it ran |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    rows = []
+    for results in rates.values():
+        for provider, result in sorted(results.items(), key=lambda item: (item[0] != item[1]["baseline"], item[0])):
+            rows.append(
+                f"| {result['spike_rate']:.2%} | {provider} | {result.get('path') or ''} | {result['median_ms']:.3f} "
+                f"| {result['p20_ms']:.3f}-{result['p80_ms']:.3f} "
+                f"| {optional_number(baseline_speedup(results, provider), '.2f')} "
+                f"| {optional_number(result.get('saved_bytes_per_element'), '.3f')} "
+                f"| {optional_number(mebibytes(result['peak_memory_bytes']), '.1f')} | {result['provider_detail']} |"
+            )
+    return header + rows
+
+
+def spike_sections(cases):
+    return [
+        line
+        for rates in spike_tables(cases).values()
+        for line in (f"### {spike_case_title(first_result(rates))}", "", *spike_table(rates), "")
+    ]
+
+
+@dataclass(frozen=True)
+class SpikeTarget(Bounded):
+    what: str
+    modes: tuple  # the tables it reads
+    provider: str
+    max_rate: float  # the spike rates it holds at: up to this
+    value: Callable  # (results of one case, provider) -> the number, or None where not measured
+    worst: Callable  # min or max: the worst case over the rates
+    bound: float
+    at_least: bool  # the value must reach the bound, else stay at or under it
+
+
+def saved_bytes(results, provider):
+    result = results.get(provider)
+    return None if result is None else result["saved_bytes_per_element"]
+
+
+SPIKE_TARGETS = (
+    SpikeTarget(
+        "path auto at most 5% slower than the dense baseline, at any rate: x vs baseline",
+        ("forward", "full"), SPIKE_AUTO, 1.0, baseline_speedup, min, 1 / 1.05, at_least=True,
+    ),
+    SpikeTarget(
+        "path auto forward at <= 1% spikes: x vs baseline", ("forward",), SPIKE_AUTO, 0.01, baseline_speedup, min,
+        2.0, at_least=True,
+    ),
+    SpikeTarget(
+        "path auto fwd+bwd at <= 5% spikes: x vs baseline", ("full",), SPIKE_AUTO, 0.05, baseline_speedup, min,
+        1.3, at_least=True,
+    ),
+    SpikeTarget(
+        "path auto saved for backward: bytes per input element (1 bit)", ("full",), SPIKE_AUTO, 1.0, saved_bytes,
+        max, ONE_BIT, at_least=False,
+    ),
+    SpikeTarget(
+        "fused conv+BN+LIF inference: x vs unfused", ("inference",), SPIKE_FUSED, 1.0, baseline_speedup, min,
+        FUSED_TARGET_SPEEDUP, at_least=True,
+    ),
+)  # fmt: skip
+
+
+def spike_target_cell(target, rates):
+    """The target's worst value over its rates, with the rate and met/missed; "no result" without one."""
+    values = [
+        (target.value(results, target.provider), next(iter(results.values()))["spike_rate"])
+        for rate, results in rates.items()
+        if rate <= target.max_rate
+    ]
+    values = [(value, rate) for value, rate in values if value is not None]
+    if not values:
+        return "no result"
+    value, rate = target.worst(values, key=lambda pair: pair[0])
+    return against_target(f"{value:.3g} at {rate:.2%} spikes", target.met(value))
+
+
+def spike_target_lines(cases):
+    """The issue's spike-op targets at its shapes, or nothing when no result is at them."""
+    rows = []
+    for rates in spike_tables(cases).values():
+        sample = first_result(rates)
+        if sample["shape"] != SPIKE_TARGET_SHAPES[sample["op"]]:
+            continue
+        case = f"{sample['op']} {SPIKE_MODE_TITLES[sample['mode']]} {sample['dtype']}"
+        rows += [
+            f"| {target.what} | {case} | {spike_target_cell(target, rates)} | {target.requirement()} |"
+            for target in SPIKE_TARGETS
+            if sample["mode"] in target.modes
+        ]
+    if not rows:
+        return []
+    return [
+        "Spike ops at the issue's shapes (conv x [128, 128, 32, 32] 3x3, linear x [4096, 2048], fused block "
+        "x [4, 32, 128, 32, 32]), each against the dense baseline of its dtype in the same run; the worst rate:",
+        "",
+        "| target | case | spikekern | needed |",
+        "|---|---|---:|---:|",
+        *rows,
+    ]
+
+
+def spike_plot_rows(by_device):
+    """(device, {provider: {case: result}}) per device and op, in the report's order."""
+    rows = []
+    for device, cases in by_device.items():
+        for op in SPIKE_OP_ORDER:
+            providers = {}
+            for key in sorted(cases):
+                for provider, result in cases[key].items():
+                    if result["op"] == op:
+                        providers.setdefault(provider, {})[key] = result
+            if providers:
+                rows.append((device, providers))
+    return rows
+
+
+def draw_spike_row(device, providers, axes, colors):
+    """Speed-up over the dense baseline against spike rate, forward and fwd+bwd, one line per spikekern
+    provider and dtype; the fused block as bars."""
+    sample = first_result(providers)
+    baseline = providers.get(sample["baseline"], {})
+    if sample["mode"] == "inference":
+        draw_fused_bars(device, providers, baseline, axes, colors)
+        return
+    for axis, mode in zip(axes, ("forward", "full")):
+        for provider, cases in providers.items():
+            if provider == sample["baseline"]:
+                continue
+            for dtype, style in zip(DTYPE_ORDER, ("o-", "s--")):
+                points = sorted(
+                    (result["spike_rate"], baseline[key]["median_ms"] / result["median_ms"])
+                    for key, result in cases.items()
+                    if result["mode"] == mode and result["dtype"] == dtype and key in baseline
+                )
+                if points:
+                    axis.plot(*zip(*points), style, color=colors[provider], label=f"{provider} {dtype}")
+        axis.axhline(1.0, color="gray", linestyle=":", linewidth=1, label=f"{sample['baseline']} (1.0)")
+        axis.set_xscale("log")
+        axis.set_xlabel("spike rate")
+        axis.set_ylabel(f"x vs {sample['baseline']}, same dtype (higher is better)")
+        axis.set_title(
+            f"{sample['op']} {SPIKE_MODE_TITLES[mode]}, {shape_text(sample)} on {device}", fontsize=9, loc="left"
+        )
+        axis.legend(fontsize=7)
+
+
+def draw_fused_bars(device, providers, baseline, axes, colors):
+    """Time of every provider and dtype, and the fused block's speed-up with the target dashed."""
+    time_axis, speedup_axis = axes
+    bars = [(f"{provider} {result['dtype']}", provider, key, result) for provider, cases in providers.items()
+            for key, result in cases.items()]  # fmt: skip
+    time_axis.barh([label for label, *_ in bars], [result["median_ms"] for *_, result in bars],
+                   color=[colors[provider] for _, provider, _, _ in bars])  # fmt: skip
+    time_axis.bar_label(time_axis.containers[0], fmt="%.3f", padding=2, fontsize=8)
+    time_axis.set_xlabel("median ms (lower is better)")
+    time_axis.margins(x=0.15)
+    time_axis.set_title(f"conv+BN+LIF inference, {shape_text(bars[0][3])} on {device}", fontsize=9, loc="left")
+    measured = [(label, provider, baseline[key]["median_ms"] / result["median_ms"])
+                for label, provider, key, result in bars if provider != result["baseline"] and key in baseline]  # fmt: skip
+    if not measured:
+        speedup_axis.text(0.5, 0.5, "no fused result", ha="center", va="center", transform=speedup_axis.transAxes)
+        speedup_axis.set_axis_off()
+        return
+    speedup_axis.barh([label for label, *_ in measured], [value for *_, value in measured],
+                      color=[colors[provider] for _, provider, _ in measured])  # fmt: skip
+    speedup_axis.bar_label(speedup_axis.containers[0], fmt="%.2f", padding=2, fontsize=8)
+    speedup_axis.axvline(1.0, color="gray", linestyle=":", linewidth=1)
+    speedup_axis.axvline(FUSED_TARGET_SPEEDUP, color="gray", linestyle="--", linewidth=1)
+    speedup_axis.set_xlabel(f"x vs {bars[0][3]['baseline']} (higher is better; target dashed)")
+    speedup_axis.margins(x=0.15)
+
+
+def markdown(suites):
+    """Per device: its environment, the targets, then the model cases, the neuron-op cases, the spike ops
+    and the SDDPM U-Net. suites: {suite: its newest results, by device}."""
     lines = ["# spikekern benchmarks", ""]
-    lines += ["Written by `benchmarks/report.py`; benchmarks/README.md explains the columns."]
-    for device in dict.fromkeys([*model_cases, *neuron_cases, *diffusion_cases]):
-        device_neuron_cases = neuron_cases.get(device, {})
-        device_model_cases = model_cases.get(device, {})
-        device_diffusion_cases = diffusion_cases.get(device, {})
+    lines += ["Written by `python -m spikekern.bench report`; benchmarks/README.md explains the columns."]
+    for device in dict.fromkeys(device for by_device in suites.values() for device in by_device):
+        cases = {suite: by_device.get(device, {}) for suite, by_device in suites.items()}
         results = [
-            result
-            for cases in (device_neuron_cases, device_model_cases, device_diffusion_cases)
-            for case in cases.values()
-            for result in case.values()
+            result for suite_cases in cases.values() for case in suite_cases.values() for result in case.values()
         ]
         lines += ["", f"## {device}", "", *environment_lines(results), ""]
         target_blocks = [
             block
-            for block in (neuron_target_lines(device_neuron_cases), model_target_lines(device_model_cases))
+            for block in (
+                neuron_target_lines(cases[NEURON_SUITE]),
+                model_target_lines(cases[MODEL_SUITE]),
+                spike_target_lines(cases[SPIKE_SUITE]),
+            )
             if block
         ]
         if target_blocks:
             lines += ["### Targets", ""]
             for block in target_blocks:
                 lines += [*block, ""]
-        lines += case_sections(device_model_cases, model_case_title, model_case_table)
-        lines += case_sections(device_neuron_cases, neuron_case_title, neuron_case_table)
-        lines += diffusion_headline_sections(device_diffusion_cases)
-        lines += diffusion_scaling_lines(device_diffusion_cases)
+        lines += case_sections(cases[MODEL_SUITE], model_case_title, model_case_table)
+        lines += case_sections(cases[NEURON_SUITE], neuron_case_title, neuron_case_table)
+        lines += spike_sections(cases[SPIKE_SUITE])
+        lines += diffusion_headline_sections(cases[DIFFUSION_SUITE])
+        lines += diffusion_scaling_lines(cases[DIFFUSION_SUITE])
     return "\n".join(lines)
 
 
@@ -611,28 +843,72 @@ def plot(rows, path, draw_row, row_height=lambda results: 0.35 * len(results) + 
     plt.close(figure)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", type=Path, help="JSON-lines file the benchmarks appended to")
-    parser.add_argument("--out-dir", type=Path, help="where to write the report (default: beside the results)")
-    arguments = parser.parse_args(argv)
+CASE_KEYS = {
+    MODEL_SUITE: model_case_key,
+    NEURON_SUITE: neuron_case_key,
+    SPIKE_SUITE: spike_case_key,
+    DIFFUSION_SUITE: diffusion_case_key,
+}
 
-    results = [json.loads(line) for line in arguments.results.read_text(encoding="utf-8").splitlines() if line.strip()]
-    neuron_cases = newest_results(results, NEURON_SUITE, neuron_case_key)
-    model_cases = newest_results(results, MODEL_SUITE, model_case_key)
-    diffusion_cases = newest_results(results, DIFFUSION_SUITE, diffusion_case_key)
-    if not neuron_cases and not model_cases and not diffusion_cases:
-        sys.exit(f"no {NEURON_SUITE}, {MODEL_SUITE} or {DIFFUSION_SUITE} results in {arguments.results}")
-    out_dir = arguments.out_dir or arguments.results.parent
+
+def load_results(path):
+    """The result records in ``path``: the benchmarks' JSON lines, or a pytest-benchmark ``--benchmark-json``
+    file, whose benchmarks carry them in ``extra_info``. Records of no known suite are left out."""
+    if not path.is_file():
+        raise FileNotFoundError(f"RESULTS {path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        document = None  # several lines: JSON lines
+    if isinstance(document, dict) and "benchmarks" in document:
+        records = [benchmark.get("extra_info", {}) for benchmark in document["benchmarks"]]
+    else:
+        records = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"RESULTS {path}: line {number} is not JSON ({error.msg}); expected the benchmarks' JSON-lines "
+                    "results or a pytest-benchmark --benchmark-json file"
+                ) from None
+    return [record for record in records if isinstance(record, dict) and record.get("suite") in CASE_KEYS]
+
+
+def write_report(results_path, out_dir=None):
+    """report.md and the PNGs from the results in ``results_path``, written to ``out_dir`` (default: beside
+    the results); returns the paths written."""
+    results_path = Path(results_path)
+    results = load_results(results_path)
+    if not results:
+        raise ValueError(
+            f"RESULTS {results_path}: no {', '.join(CASE_KEYS)} results (a --benchmark-json file holds them only "
+            "from benchmarks that put their records in extra_info, as these do)"
+        )
+    out_dir = results_path.parent if out_dir is None else Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir}: not a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
+    suites = {suite: newest_results(results, suite, case_key) for suite, case_key in CASE_KEYS.items()}
     table_path = out_dir / "report.md"
-    table_path.write_text(markdown(neuron_cases, model_cases, diffusion_cases), encoding="utf-8")
+    table_path.write_text(markdown(suites), encoding="utf-8")
     print(f"wrote {table_path}")
+    written = [table_path]
     plots = {
-        f"{NEURON_SUITE}.png": (plot_rows(neuron_cases, lambda result: result["mode"] == "full"), draw_neuron_row, {}),
-        f"{MODEL_SUITE}.png": (plot_rows(model_cases), draw_model_row, {}),
+        f"{NEURON_SUITE}.png": (
+            plot_rows(suites[NEURON_SUITE], lambda result: result["mode"] == "full"),
+            draw_neuron_row,
+            {},
+        ),
+        f"{MODEL_SUITE}.png": (plot_rows(suites[MODEL_SUITE]), draw_model_row, {}),
+        f"{SPIKE_SUITE}.png": (spike_plot_rows(suites[SPIKE_SUITE]), draw_spike_row, {"row_height": lambda _: 3.5}),
         f"{DIFFUSION_SUITE}.png": (
-            diffusion_scaling_rows(diffusion_cases), draw_diffusion_row, {"row_height": lambda variants: 3.5}
+            diffusion_scaling_rows(suites[DIFFUSION_SUITE]),
+            draw_diffusion_row,
+            {"row_height": lambda _: 3.5},
         ),
     }
     for name, (rows, draw_row, options) in plots.items():
@@ -641,10 +917,8 @@ def main(argv=None):
         try:
             plot(rows, out_dir / name, draw_row, **options)
         except ImportError:
-            print("matplotlib is not installed: no plots (pip install matplotlib)", file=sys.stderr)
-            return
+            print("matplotlib is not installed: no plots, only the tables (pip install matplotlib)", file=sys.stderr)
+            break
         print(f"wrote {out_dir / name}")
-
-
-if __name__ == "__main__":
-    main()
+        written.append(out_dir / name)
+    return written
