@@ -288,35 +288,43 @@ def _check_tensor_argument(name, t, s):
         raise ValueError(f"{name} is on {t.device} but s is on {s.device}")
 
 
+def check_convolution_geometry(name, x, weight, stride, padding, dilation, groups):
+    """The normalised ``(stride, padding, dilation)`` pairs for the input ``x`` ``[..., C, H, W]`` (called
+    ``name`` in errors) and ``weight``, after refusing the groups, weight shapes and geometries that
+    F.conv2d would refuse."""
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    channels = x.shape[-3]
+    if channels % groups or weight.dim() != 4 or weight.shape[1] * groups != channels or weight.shape[0] % groups:
+        raise ValueError(
+            f"weight must have shape [out_channels (a multiple of groups={groups}), C/groups={channels / groups:g}, "
+            f"kH, kW] for {name} of shape {tuple(x.shape)}, got {tuple(weight.shape)}"
+        )
+    stride, padding, dilation = _pair("stride", stride, 1), _pair("padding", padding, 0), _pair("dilation", dilation, 1)
+    out_size = output_size(x.shape[-2:], weight.shape[2:], stride, padding, dilation)
+    if min(out_size) < 1:
+        raise ValueError(
+            f"the kernel {tuple(weight.shape[2:])} with dilation {dilation} does not fit the input "
+            f"{tuple(x.shape[-2:])} with padding {padding}: output size {out_size}"
+        )
+    return stride, padding, dilation
+
+
 def _check_arguments(s, weight, bias, stride, padding, dilation, groups, path, backend):
     """The normalised ``(stride, padding, dilation)`` pairs, after refusing what F.conv2d would."""
     check_spikes("s", s)
     if s.dim() not in (4, 5):
         raise ValueError(f"s must be [N, C, H, W] or time-first [T, N, C, H, W], got shape {tuple(s.shape)}")
     _check_tensor_argument("weight", weight, s)
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
-    channels = s.shape[-3]
-    if channels % groups or weight.dim() != 4 or weight.shape[1] * groups != channels or weight.shape[0] % groups:
-        raise ValueError(
-            f"weight must have shape [out_channels (a multiple of groups={groups}), C/groups={channels / groups:g}, "
-            f"kH, kW] for s of shape {tuple(s.shape)}, got {tuple(weight.shape)}"
-        )
+    geometry = check_convolution_geometry("s", s, weight, stride, padding, dilation, groups)
     if bias is not None:
         _check_tensor_argument("bias", bias, s)
         if tuple(bias.shape) != (weight.shape[0],):
             raise ValueError(f"bias must have shape [out_channels] = ({weight.shape[0]},), got {tuple(bias.shape)}")
-    stride, padding, dilation = _pair("stride", stride, 1), _pair("padding", padding, 0), _pair("dilation", dilation, 1)
-    out_size = output_size(s.shape[-2:], weight.shape[2:], stride, padding, dilation)
-    if min(out_size) < 1:
-        raise ValueError(
-            f"the kernel {tuple(weight.shape[2:])} with dilation {dilation} does not fit the input "
-            f"{tuple(s.shape[-2:])} with padding {padding}: output size {out_size}"
-        )
     if path not in PATHS:
         raise ValueError(f"path must be one of {list(PATHS)}, got {path!r}")
     check_backend_name(backend)
-    return stride, padding, dilation
+    return geometry
 
 
 class SpikeConv2dPlan(NamedTuple):
