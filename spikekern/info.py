@@ -8,7 +8,14 @@ import torch
 
 from ._extension import cuda_extension_error
 from .ops import BACKENDS, available_backends
-from .ops._dispatch import select_backend
+from .ops._dispatch import DEFAULT_BACKEND_PREFERENCE, select_backend
+from .ops.spike_pack import SPIKE_BACKEND_PREFERENCE
+
+# Op groups that share the backend rules, and the order in which "auto" tries the fast backends.
+OP_GROUPS = (
+    ("multi-step neuron ops (if/lif/plif/leaky) and conv_bn_lif_inference", DEFAULT_BACKEND_PREFERENCE),
+    ("spike ops (pack/spike_linear/spike_conv2d)", SPIKE_BACKEND_PREFERENCE),
+)
 
 
 def _version(package):
@@ -35,11 +42,9 @@ def report() -> str:
         for dtype in (torch.float32, torch.bfloat16):
             probe = torch.empty(1, device=device, dtype=dtype)
             reasons = available_backends(probe)
-            default = select_backend("", probe)
-            lines.append(
-                f"multi-step neuron ops (if/lif/plif/leaky) on {device} {str(dtype).replace('torch.', '')}: "
-                f"default backend {default!r}"
-            )
+            for group, preference in OP_GROUPS:
+                default = select_backend("", probe, preference=preference)
+                lines.append(f"{group} on {device} {str(dtype).replace('torch.', '')}: default backend {default!r}")
             for name in BACKENDS:
                 lines.append(f"    {name:<7} {'available' if reasons[name] is None else 'unavailable: ' + reasons[name]}")
     return "\n".join(lines)

@@ -69,7 +69,11 @@ def check_backend_name(backend):
         raise ValueError(f"backend must be None or one of {list(BACKENDS)}, got {backend!r}")
 
 
-def select_backend(requested: str, x: torch.Tensor, kernels=BACKENDS, preference=("cuda", "triton")) -> str:
+# Auto's order for CUDA tensors, unless an op family says otherwise (the spike ops put Triton first).
+DEFAULT_BACKEND_PREFERENCE = ("cuda", "triton")
+
+
+def select_backend(requested: str, x: torch.Tensor, kernels=BACKENDS, preference=DEFAULT_BACKEND_PREFERENCE) -> str:
     """The backend that runs ``x``: ``requested`` if it can (else raise why), or the first usable one of
     ``preference`` for CUDA tensors, else the reference. kernels: the backends the op implements."""
     if requested:
