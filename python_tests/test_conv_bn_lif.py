@@ -23,7 +23,8 @@ from spike_helpers import FAST_BACKENDS, TRITON_USABLE
 from triton_aot import case as aot_case
 from triton_aot import compile_test
 
-from spikekern.nn import ConvBNLIFInference, IFNode, LIFNode, ParametricLIFNode
+from spikekern.nn import BatchNorm2d, Conv2d, ConvBNLIFInference, Flatten, IFNode, LIFNode, ParametricLIFNode, fuse_conv_bn_lif
+from spikekern.functional import reset_net
 from spikekern.ops import conv_bn_lif_inference, if_multistep, lif_multistep
 from spikekern.ops._multistep import STATE_FLOAT
 from spikekern.ops.conv_bn_lif import fold_batch_norm
@@ -343,6 +344,52 @@ def test_module_equals_conv_bn_neuron_modules(neuron, bn):
             "v_reset": neuron.v_reset}  # fmt: skip
     assert_spikes_agree(spikes, expected, y, charges(y, args)[1], args, "module vs conv -> bn -> neuron")
     assert 0 < expected.mean().item() < 1
+
+
+def multi_step_network():
+    """Two conv -> BN -> LIF runs in a Sequential (the second inside a nested one), eval mode, trained stats."""
+    torch.manual_seed(2)
+
+    def block(cin, cout, neuron):
+        bn = BatchNorm2d(cout, step_mode="m")
+        with torch.no_grad():
+            bn.running_mean.normal_(0.0, 0.3)
+            bn.running_var.uniform_(0.5, 1.5)
+        return [Conv2d(cin, cout, 3, padding=1, step_mode="m"), bn, neuron]
+
+    net = torch.nn.Sequential(
+        *block(2, 4, LIFNode(tau=2.0, step_mode="m")),
+        torch.nn.Sequential(*block(4, 4, IFNode(v_reset=None, step_mode="m"))),
+        Flatten(step_mode="m"),
+    )  # fmt: skip
+    return net.to(DEVICE).eval()
+
+
+def test_fuse_conv_bn_lif_replaces_every_run_and_keeps_the_spikes():
+    net = multi_step_network()
+    x_seq = 2 * torch.randn(3, 2, 2, 6, 5, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    with torch.no_grad():
+        expected = net(x_seq)
+        reset_net(net)
+        report = fuse_conv_bn_lif(net)
+        spikes = net(x_seq)
+    assert report == {"fused": ["0", "3.0"], "skipped": {}}
+    assert isinstance(net[0], ConvBNLIFInference) and isinstance(net[3][0], ConvBNLIFInference)
+    assert all(isinstance(net[i], torch.nn.Identity) for i in (1, 2))
+    assert 0 < expected.mean().item() < 1
+    assert_bit_equal(spikes, expected, "fused network")  # float32 folding flips nothing on these inputs
+
+
+def test_fuse_conv_bn_lif_says_why_it_skips():
+    net = multi_step_network().train()
+    assert fuse_conv_bn_lif(net)["fused"] == []
+    assert "training mode" in fuse_conv_bn_lif(net)["skipped"]["0"]
+    net.eval()
+    net[0].step_mode = "s"
+    net[3][2].store_v_seq = True
+    report = fuse_conv_bn_lif(net)
+    assert report["fused"] == []
+    assert "step_mode='m'" in report["skipped"]["0"] and "store_v_seq" in report["skipped"]["3.0"]
 
 
 def test_module_refuses_what_it_cannot_do():

@@ -95,3 +95,55 @@ class ConvBNLIFInference(torch.nn.Module):
             + ", ".join(f"{key}={value}" for key, value in {**self.conv_options, **self.neuron_options}.items())
             + f", backend={self.backend}"
         )
+
+
+def _multi_step(module):
+    return getattr(module, "step_mode", None) == "m"
+
+
+def _why_not_fusable(conv, bn, neuron):
+    """Why ``conv -> bn -> neuron`` cannot become one ConvBNLIFInference, or None if it can."""
+    if not all(map(_multi_step, (conv, bn, neuron))):
+        return "not all three in step_mode='m' (the fused block takes whole [T, N, C, H, W] sequences)"
+    if neuron.training or bn.training:
+        return "in training mode (the block folds BatchNorm's running statistics): call model.eval() first"
+    try:
+        ConvBNLIFInference.from_modules(conv, bn, neuron)
+    except (TypeError, ValueError) as error:
+        return str(error)
+    return None
+
+
+def fuse_conv_bn_lif(model: torch.nn.Module) -> dict:
+    """Replace, in place, every ``Conv2d -> BatchNorm2d -> LIFNode/IFNode`` run of consecutive children of
+    an ``nn.Sequential`` in ``model`` (all three multi-step, in eval mode) by one ``ConvBNLIFInference``.
+
+    Meant for sampling/inference after training (and after ``spikekern.convert`` for SpikingJelly
+    models). Returns ``{"fused": [names of the Sequentials' first layers], "skipped": {name: why}}``;
+    the spikes equal the unfused run's up to folding's rounding (docs/conv_bn_lif.md).
+    """
+    fused, skipped = [], {}
+    for prefix, container in list(model.named_modules()):
+        if not isinstance(container, torch.nn.Sequential):
+            continue
+        names = list(container._modules)
+        index = 0
+        while index + 3 <= len(names):
+            conv, bn, neuron = (container._modules[name] for name in names[index : index + 3])
+            if not (isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d)
+                    and isinstance(neuron, (LIFNode, IFNode))):  # fmt: skip
+                index += 1
+                continue
+            name = f"{prefix}.{names[index]}" if prefix else names[index]
+            reason = _why_not_fusable(conv, bn, neuron)
+            if reason is not None:
+                skipped[name] = reason
+                index += 1
+                continue
+            container._modules[names[index]] = ConvBNLIFInference.from_modules(conv, bn, neuron)
+            # The BatchNorm and the neuron are inside the block now; Identity keeps the other indices valid.
+            container._modules[names[index + 1]] = torch.nn.Identity()
+            container._modules[names[index + 2]] = torch.nn.Identity()
+            fused.append(name)
+            index += 3
+    return {"fused": fused, "skipped": skipped}
