@@ -10,7 +10,6 @@ weight rows of active inputs (chosen from the spike density), a transposed impli
 and a pack kernel for NCHW input (docs/spike_conv2d.md).
 """
 
-from types import SimpleNamespace
 from typing import NamedTuple, Optional
 
 import torch
@@ -20,8 +19,8 @@ from torch import Tensor
 from ._dispatch import check_backend_name
 from .spike_linear import PATHS, _use_reference, ordered_masked_sum, spike_density
 from .spike_pack import (
-    as_rows, check_spikes, pack_rows, raise_if_not_binary, select_spike_backend, unpack_rows, validation_enabled,
-    words_per_row,
+    as_rows, backend_kernels, check_spikes, pack_rows, raise_if_not_binary, select_spike_backend, unpack_rows,
+    validation_enabled, words_per_row,
 )  # fmt: skip
 
 # Every backend: the CUDA C++ kernels are CUDA_KERNEL_OPS (csrc/spike/spike_conv2d_*).
@@ -124,13 +123,7 @@ CUDA_KERNEL_OPS = {
 
 
 def _kernels(backend):
-    """The kernels of "cuda" or "triton", under the Triton host functions' names."""
-    if backend == "cuda":
-        ops = torch.ops.spikekern_cuda
-        return SimpleNamespace(**{name: getattr(ops, op_name) for name, op_name in CUDA_KERNEL_OPS.items()})
-    from .triton import spike_conv2d as triton_spike_conv2d  # imported late: TRITON_INTERPRET is read at import
-
-    return triton_spike_conv2d
+    return backend_kernels(backend, "spike_conv2d", CUDA_KERNEL_OPS)
 
 
 def pack_channels_last(s: Tensor, validate: bool, backend: str) -> Tensor:

@@ -7,7 +7,6 @@ Triton backends each have a dense GEMM path and a sparse gather path, chosen fro
 (docs/spike_ops.md).
 """
 
-from types import SimpleNamespace
 from typing import NamedTuple, Optional
 
 import torch
@@ -16,7 +15,8 @@ from torch import Tensor
 
 from ._dispatch import check_backend_name
 from .spike_pack import (
-    as_rows, check_spikes, pack_rows, select_spike_backend, unpack_rows, validation_enabled, words_per_row,
+    as_rows, backend_kernels, check_spikes, pack_rows, select_spike_backend, unpack_rows, validation_enabled,
+    words_per_row,
 )  # fmt: skip
 
 PATHS = ("auto", "dense", "sparse")
@@ -101,13 +101,7 @@ CUDA_KERNEL_OPS = {
 
 
 def _kernels(backend):
-    """The four kernels of "cuda" or "triton", under the Triton host functions' names."""
-    if backend == "cuda":
-        ops = torch.ops.spikekern_cuda
-        return SimpleNamespace(**{name: getattr(ops, op_name) for name, op_name in CUDA_KERNEL_OPS.items()})
-    from .triton import spike_linear as triton_spike_linear  # imported late: TRITON_INTERPRET is read at import
-
-    return triton_spike_linear
+    return backend_kernels(backend, "spike_linear", CUDA_KERNEL_OPS)
 
 
 def _run_forward(backend, path, packed, in_features, weight, bias):

@@ -10,7 +10,9 @@ as the Triton host functions (python_tests check the schemas against them), so a
 namespace of kernels.
 """
 
+import importlib
 import math
+from types import SimpleNamespace
 from typing import Optional
 
 import torch
@@ -44,7 +46,8 @@ def validation_enabled(device: torch.device) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 
-# The Triton spike kernels use tensor cores and the CUDA ones (so far) do not: Triton first.
+# Triton first: its dense spike kernels use tensor cores in every dtype, the CUDA ones only in
+# float16/bfloat16, and neither has been measured against the other.
 SPIKE_BACKEND_PREFERENCE = ("triton", "cuda")
 
 
@@ -53,14 +56,22 @@ def select_spike_backend(requested: str, x: Tensor, kernels=BACKENDS) -> str:
     return select_backend(requested, x, kernels, SPIKE_BACKEND_PREFERENCE)
 
 
-def _kernels(backend: str):
-    """The pack/unpack kernels of "cuda" or "triton": ``pack_spikes(spikes, validate)`` and
-    ``unpack_spikes(packed, k_total, dtype)`` on contiguous ``[R, *]`` tensors."""
+def backend_kernels(backend: str, triton_module: str, cuda_ops: dict):
+    """An op's kernels on "cuda" or "triton" under the Triton host functions' names: the module
+    ``spikekern.ops.triton.<triton_module>`` (imported late: TRITON_INTERPRET is read at import), or the
+    ``spikekern_cuda`` ops that ``cuda_ops`` names for them, which take the same positional arguments."""
     if backend == "cuda":
-        return torch.ops.spikekern_cuda
-    from .triton import spike_pack as triton_spike_pack  # imported late: TRITON_INTERPRET is read at import
+        ops = torch.ops.spikekern_cuda
+        return SimpleNamespace(**{name: getattr(ops, op_name) for name, op_name in cuda_ops.items()})
+    return importlib.import_module(f"{__package__}.triton.{triton_module}")
 
-    return triton_spike_pack
+
+# pack_spikes(spikes, validate) and unpack_spikes(packed, k_total, dtype) on contiguous [R, *] tensors.
+CUDA_KERNEL_OPS = {"pack_spikes": "pack_spikes", "unpack_spikes": "unpack_spikes"}
+
+
+def _kernels(backend: str):
+    return backend_kernels(backend, "spike_pack", CUDA_KERNEL_OPS)
 
 
 def words_per_row(k_total: int) -> int:
