@@ -79,6 +79,17 @@ def test_bfloat16(backend, path):
 
 
 @pytest.mark.parametrize("backend,path", RUNS)
+@pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=GPU_ONLY)], ids=str)
+def test_16bit_with_silent_tiles(backend, path, dtype):
+    """Silent spike tiles are skipped in the 16-bit tensor-core paths too: rows 0-63 are silent (a forward
+    tile of bias only) and inputs 64-127 are silent in every row (a grad_weight tile of zeros)."""
+    spikes, weight, bias, grad_out = make_problem((130, 192), 70, 0.2, dtype)
+    spikes[:64] = 0
+    spikes[:, 64:128] = 0
+    check_close_to_f_linear(backend, path, (spikes, weight, bias, grad_out), dtype)
+
+
+@pytest.mark.parametrize("backend,path", RUNS)
 def test_non_contiguous_spikes(backend, path):
     spikes, weight, bias, grad_out = make_problem((6, 8), 9, 0.3)
     column_major = spikes.t().contiguous().t()  # [6, 8] with strides (1, 6)

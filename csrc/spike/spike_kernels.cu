@@ -1,5 +1,6 @@
 // CUDA kernels of the spike ops on bit-packed spikes (format and summation orders:
-// docs/spike_ops.md), and their launchers. float32 accumulation everywhere; 64-bit offsets.
+// docs/spike_ops.md), and their launchers. float32 accumulation everywhere (tensor cores for the
+// 16-bit dense GEMMs); 64-bit offsets.
 #include <cstdint>
 
 #include <cuda_runtime.h>
@@ -8,6 +9,7 @@
 #include "common/multistep.cuh"  // dispatch_element_type
 #include "spike/spike_launch.cuh"
 #include "spike/spike_ops.h"
+#include "spike/spike_tile_gemm.cuh"
 
 namespace spikekern {
 namespace {
@@ -98,107 +100,85 @@ __global__ void __launch_bounds__(kPackBlockSize) unpack_spikes_kernel(UnpackArg
 }
 
 // ---------------------------------------------------------------------------------------------
-// spike_linear, dense path: tiled shared-memory GEMMs with the spikes kept as words
+// spike_linear, dense path: tiled GEMMs (spike_tile_gemm.cuh) on the spike words; float32 in SIMT
+// fmaf order, float16/bfloat16 on tensor cores
 // ---------------------------------------------------------------------------------------------
 
-// 256 threads as a 16 x 16 grid, each computing 4 x 4 outputs of a 64 x 64 tile; thread (tx, ty)
-// owns tile rows ty + 16 i and columns tx + 16 j, so that a warp reads 16 consecutive shared
-// columns (no bank conflicts) and broadcasts the rest.
-constexpr int kGemmThreads = 256;
-constexpr int kGemmSide = 16;
-constexpr int kGemmPerThread = 4;
-constexpr int kGemmTile = kGemmSide * kGemmPerThread;  // 64
-static_assert(kGemmThreads == kGemmSide * kGemmSide);
-
-// out [M, N] tile (64 rows, 64 outputs); the K loop steps one word (32 inputs) at a time. Products
-// are fmaf(spike, weight, acc) with spike 0 or 1: exactly acc + weight or acc, in float32.
+// out [M, N] tile of 64 rows x 64 outputs; the K loop steps one word (32 inputs) at a time and skips
+// words that are zero in all 64 rows. A float32 product fmaf(spike, weight, acc) with spike 0 or 1
+// is exactly acc + weight or acc.
 template <typename T>
-__global__ void __launch_bounds__(kGemmThreads)
+__global__ void __launch_bounds__(kThreads, kTiledBlocksPerMultiprocessor)
     spike_linear_dense_forward_kernel(SpikeLinearForwardArgs args) {
-  __shared__ uint32_t spike_words[kGemmTile];
-  // [input][output]; the padding column keeps the transposing stores free of bank conflicts.
-  __shared__ float weight_tile[kBitsPerWord][kGemmTile + 1];
+  using Engine = TileEngine<T>;
+  __shared__ typename Engine::Operands operands;
+  __shared__ uint32_t spike_words[kTile];
   const T* weight = static_cast<const T*>(args.weight);
-  const int tx = threadIdx.x % kGemmSide;
-  const int ty = threadIdx.x / kGemmSide;
-  const int64_t first_row = static_cast<int64_t>(blockIdx.x) * kGemmTile;
-  const int64_t first_out = static_cast<int64_t>(blockIdx.y) * kGemmTile;
-  float acc[kGemmPerThread][kGemmPerThread] = {};
+  const int64_t first_row = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int64_t first_out = static_cast<int64_t>(blockIdx.y) * kTile;
+  Engine engine;
   for (int64_t word_index = 0; word_index < args.words_per_row; ++word_index) {
     uint32_t word = 0;
-    if (threadIdx.x < kGemmTile) {
+    if (threadIdx.x < kTile) {
       const int64_t row = first_row + threadIdx.x;
       if (row < args.rows) {
         word = static_cast<uint32_t>(args.packed[row * args.words_per_row + word_index]);
       }
       spike_words[threadIdx.x] = word;
     }
-    // Rows silent over these 32 inputs add nothing: skip the weight tile (also the barrier that
-    // publishes spike_words).
+    // Rows silent over these 32 inputs add nothing: skip the step (also the barrier that publishes
+    // spike_words).
     if (!__syncthreads_or(word != 0)) continue;
-    // A warp loads 32 consecutive inputs of one output row (coalesced).
-    for (int e = threadIdx.x; e < kBitsPerWord * kGemmTile; e += kGemmThreads) {
-      const int local_out = e / kBitsPerWord;
-      const int bit = e % kBitsPerWord;
-      const int64_t out = first_out + local_out;
+    for (int e = threadIdx.x; e < kTile * kStep; e += kThreads) {
+      const int row = e / kStep;
+      const int bit = e % kStep;
+      Engine::set_a(operands, row, bit, static_cast<float>((spike_words[row] >> bit) & 1u));
+    }
+    // b[k][column] = weight[out, k]: a warp loads 32 consecutive inputs of one output row
+    // (coalesced).
+    for (int e = threadIdx.x; e < kStep * kTile; e += kThreads) {
+      const int column = e / kStep;
+      const int bit = e % kStep;
+      const int64_t out = first_out + column;
       const int64_t k = word_index * kBitsPerWord + bit;
-      weight_tile[bit][local_out] =
-          out < args.out_features && k < args.in_features
-              ? to_float(weight[out * args.in_features + k])
-              : 0.0f;
+      Engine::set_b(operands, bit, column,
+                    out < args.out_features && k < args.in_features
+                        ? to_float(weight[out * args.in_features + k])
+                        : 0.0f);
     }
     __syncthreads();
-    uint32_t words[kGemmPerThread];
-#pragma unroll
-    for (int i = 0; i < kGemmPerThread; ++i) words[i] = spike_words[ty + kGemmSide * i];
-#pragma unroll 8
-    for (int bit = 0; bit < kBitsPerWord; ++bit) {
-#pragma unroll
-      for (int i = 0; i < kGemmPerThread; ++i) {
-        const auto spike = static_cast<float>((words[i] >> bit) & 1u);
-#pragma unroll
-        for (int j = 0; j < kGemmPerThread; ++j) {
-          acc[i][j] = fmaf(spike, weight_tile[bit][tx + kGemmSide * j], acc[i][j]);
-        }
-      }
-    }
-    __syncthreads();  // the tiles are overwritten next step
+    engine.step(operands);
+    __syncthreads();  // the operands are overwritten next step
   }
   const T* bias = static_cast<const T*>(args.bias);
   T* out_data = static_cast<T*>(args.out);
-#pragma unroll
-  for (int i = 0; i < kGemmPerThread; ++i) {
-    const int64_t row = first_row + ty + kGemmSide * i;
-#pragma unroll
-    for (int j = 0; j < kGemmPerThread; ++j) {
-      const int64_t out = first_out + tx + kGemmSide * j;
-      if (row < args.rows && out < args.out_features) {
-        const float value = bias != nullptr ? acc[i][j] + to_float(bias[out]) : acc[i][j];
-        out_data[row * args.out_features + out] = from_float<T>(value);
-      }
+  engine.finish(operands, [&](int row, int column, float value) {
+    const int64_t m = first_row + row;
+    const int64_t out = first_out + column;
+    if (m < args.rows && out < args.out_features) {
+      out_data[m * args.out_features + out] =
+          from_float<T>(bias != nullptr ? value + to_float(bias[out]) : value);
     }
-  }
+  });
 }
 
-// grad_weight [N, K] tile of 64 outputs x 64 inputs (two words), stepping 32 rows at a time; steps
-// whose spike words are all zero are skipped.
-constexpr int kGradRowsPerStep = 32;
-constexpr int kGradWordsPerTile = kGemmTile / kBitsPerWord;  // 2
+// grad_weight [N, K] tile of 64 outputs (rows) x 64 inputs (columns, two words), stepping 32 rows
+// of grad_out at a time; steps whose spike words are all zero are skipped.
+constexpr int kGradWordsPerTile = kTile / kBitsPerWord;  // 2
 
 template <typename T>
-__global__ void __launch_bounds__(kGemmThreads)
+__global__ void __launch_bounds__(kThreads, kTiledBlocksPerMultiprocessor)
     spike_linear_dense_grad_weight_kernel(SpikeLinearGradWeightArgs args) {
-  __shared__ uint32_t spike_words[kGradRowsPerStep][kGradWordsPerTile];
-  __shared__ float grad_tile[kGradRowsPerStep][kGemmTile];  // [row][output]
+  using Engine = TileEngine<T>;
+  __shared__ typename Engine::Operands operands;
+  __shared__ uint32_t spike_words[kStep][kGradWordsPerTile];
   const T* grad_out = static_cast<const T*>(args.grad_out);
-  const int tx = threadIdx.x % kGemmSide;  // inputs tx + 16 j
-  const int ty = threadIdx.x / kGemmSide;  // outputs ty + 16 i
   const int64_t first_word = static_cast<int64_t>(blockIdx.x) * kGradWordsPerTile;
-  const int64_t first_out = static_cast<int64_t>(blockIdx.y) * kGemmTile;
-  float acc[kGemmPerThread][kGemmPerThread] = {};
-  for (int64_t first_row = 0; first_row < args.rows; first_row += kGradRowsPerStep) {
+  const int64_t first_out = static_cast<int64_t>(blockIdx.y) * kTile;
+  Engine engine;
+  for (int64_t first_row = 0; first_row < args.rows; first_row += kStep) {
     uint32_t word = 0;
-    if (threadIdx.x < kGradRowsPerStep * kGradWordsPerTile) {
+    if (threadIdx.x < kStep * kGradWordsPerTile) {
       const int local_row = threadIdx.x / kGradWordsPerTile;
       const int local_word = threadIdx.x % kGradWordsPerTile;
       const int64_t row = first_row + local_row;
@@ -209,45 +189,34 @@ __global__ void __launch_bounds__(kGemmThreads)
       spike_words[local_row][local_word] = word;
     }
     if (!__syncthreads_or(word != 0)) continue;
-    // A warp loads 32 consecutive outputs of one grad_out row (coalesced).
-    for (int e = threadIdx.x; e < kGradRowsPerStep * kGemmTile; e += kGemmThreads) {
-      const int local_row = e / kGemmTile;
-      const int local_out = e % kGemmTile;
+    // a[row = output][k = grad_out row]: a warp loads 32 consecutive outputs of one grad_out row
+    // (coalesced); b[k][column = input]: the expanded spike bits.
+    for (int e = threadIdx.x; e < kStep * kTile; e += kThreads) {
+      const int local_row = e / kTile;
+      const int column = e % kTile;
       const int64_t row = first_row + local_row;
-      const int64_t out = first_out + local_out;
-      grad_tile[local_row][local_out] = row < args.rows && out < args.out_features
-                                            ? to_float(grad_out[row * args.out_features + out])
-                                            : 0.0f;
+      const int64_t out = first_out + column;
+      Engine::set_a(operands, column, local_row,
+                    row < args.rows && out < args.out_features
+                        ? to_float(grad_out[row * args.out_features + out])
+                        : 0.0f);
+      Engine::set_b(operands, local_row, column,
+                    static_cast<float>((spike_words[local_row][column / kBitsPerWord] >>
+                                        (column % kBitsPerWord)) &
+                                       1u));
     }
     __syncthreads();
-#pragma unroll 4
-    for (int local_row = 0; local_row < kGradRowsPerStep; ++local_row) {
-#pragma unroll
-      for (int j = 0; j < kGemmPerThread; ++j) {
-        // Input tx + 16 j of the tile: word j / 2, bit tx + 16 (j % 2).
-        const int input = tx + kGemmSide * j;
-        const auto spike = static_cast<float>(
-            (spike_words[local_row][input / kBitsPerWord] >> (input % kBitsPerWord)) & 1u);
-#pragma unroll
-        for (int i = 0; i < kGemmPerThread; ++i) {
-          acc[i][j] = fmaf(grad_tile[local_row][ty + kGemmSide * i], spike, acc[i][j]);
-        }
-      }
-    }
-    __syncthreads();  // the tiles are overwritten next step
+    engine.step(operands);
+    __syncthreads();  // the operands are overwritten next step
   }
   T* grad_weight = static_cast<T*>(args.grad_weight);
-#pragma unroll
-  for (int i = 0; i < kGemmPerThread; ++i) {
-    const int64_t out = first_out + ty + kGemmSide * i;
-#pragma unroll
-    for (int j = 0; j < kGemmPerThread; ++j) {
-      const int64_t k = first_word * kBitsPerWord + tx + kGemmSide * j;
-      if (out < args.out_features && k < args.in_features) {
-        grad_weight[out * args.in_features + k] = from_float<T>(acc[i][j]);
-      }
+  engine.finish(operands, [&](int row, int column, float value) {
+    const int64_t out = first_out + row;
+    const int64_t k = first_word * kBitsPerWord + column;
+    if (out < args.out_features && k < args.in_features) {
+      grad_weight[out * args.in_features + k] = from_float<T>(value);
     }
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -331,7 +300,7 @@ __global__ void __launch_bounds__(kSparseThreads)
   }
 }
 
-static_assert(kGemmTile >= 64 && kSparseThreads >= 64,
+static_assert(kTile >= 64 && kSparseThreads >= 64,
               "kMaxSpikeLinearOutFeatures assumes blocks of at least 64 outputs");
 
 }  // namespace
@@ -371,11 +340,11 @@ void launch_unpack_spikes(const UnpackArgs& args, int multiprocessor_count, cuda
 }
 
 void launch_spike_linear_dense_forward(const SpikeLinearForwardArgs& args, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(ceil_div(args.rows, kGemmTile)),
-                  static_cast<unsigned>(ceil_div(args.out_features, kGemmTile)));
+  const dim3 grid(static_cast<unsigned>(ceil_div(args.rows, kTile)),
+                  static_cast<unsigned>(ceil_div(args.out_features, kTile)));
   dispatch_element_type(args.element_type, [&](auto element) {
     using T = typename decltype(element)::type;
-    spike_linear_dense_forward_kernel<T><<<grid, kGemmThreads, 0, stream>>>(args);
+    spike_linear_dense_forward_kernel<T><<<grid, kThreads, 0, stream>>>(args);
   });
 }
 
@@ -401,10 +370,10 @@ void launch_spike_linear_sparse_forward(const SpikeLinearForwardArgs& args, cuda
 void launch_spike_linear_dense_grad_weight(const SpikeLinearGradWeightArgs& args,
                                            cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(ceil_div(args.words_per_row, kGradWordsPerTile)),
-                  static_cast<unsigned>(ceil_div(args.out_features, kGemmTile)));
+                  static_cast<unsigned>(ceil_div(args.out_features, kTile)));
   dispatch_element_type(args.element_type, [&](auto element) {
     using T = typename decltype(element)::type;
-    spike_linear_dense_grad_weight_kernel<T><<<grid, kGemmThreads, 0, stream>>>(args);
+    spike_linear_dense_grad_weight_kernel<T><<<grid, kThreads, 0, stream>>>(args);
   });
 }
 
