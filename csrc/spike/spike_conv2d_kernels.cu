@@ -200,16 +200,8 @@ __global__ void __launch_bounds__(kThreads, kTiledBlocksPerMultiprocessor)
       }
     }
   }
-  const T* bias = static_cast<const T*>(args.bias);
-  T* out = static_cast<T*>(args.out);
-  engine.finish(operands, [&](int row, int column, float value) {
-    const int64_t m = first_row + row;
-    if (m < rows && column < outs_here) {
-      const int64_t oc = first_out + column;
-      out[m * g.out_channels + oc] =
-          from_float<T>(bias != nullptr ? value + to_float(bias[oc]) : value);
-    }
-  });
+  store_tile_with_bias(engine, operands, static_cast<T*>(args.out), static_cast<const T*>(args.bias),
+                       first_row, rows, first_out, outs_here, g.out_channels);
 }
 
 // ---------------------------------------------------------------------------------------------

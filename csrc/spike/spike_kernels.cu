@@ -150,16 +150,9 @@ __global__ void __launch_bounds__(kThreads, kTiledBlocksPerMultiprocessor)
     engine.step(operands);
     __syncthreads();  // the operands are overwritten next step
   }
-  const T* bias = static_cast<const T*>(args.bias);
-  T* out_data = static_cast<T*>(args.out);
-  engine.finish(operands, [&](int row, int column, float value) {
-    const int64_t m = first_row + row;
-    const int64_t out = first_out + column;
-    if (m < args.rows && out < args.out_features) {
-      out_data[m * args.out_features + out] =
-          from_float<T>(bias != nullptr ? value + to_float(bias[out]) : value);
-    }
-  });
+  store_tile_with_bias(engine, operands, static_cast<T*>(args.out), static_cast<const T*>(args.bias),
+                       first_row, args.rows, first_out, args.out_features - first_out,
+                       args.out_features);
 }
 
 // grad_weight [N, K] tile of 64 outputs (rows) x 64 inputs (columns, two words), stepping 32 rows

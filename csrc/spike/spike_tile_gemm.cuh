@@ -169,4 +169,20 @@ struct WmmaEngine {
 template <typename T>
 using TileEngine = std::conditional_t<std::is_same_v<T, float>, SimtEngine, WmmaEngine<T>>;
 
+// The forwards' epilogue: out [*, row_stride] gets the tile's value + bias at rows first_row + row
+// (below rows) and columns first_column + column (column below columns, the tile's valid width),
+// rounded once to T.
+template <typename T, typename Engine, typename Operands>
+__device__ void store_tile_with_bias(const Engine& engine, Operands& operands, T* out, const T* bias,
+                                     int64_t first_row, int64_t rows, int64_t first_column,
+                                     int64_t columns, int64_t row_stride) {
+  engine.finish(operands, [&](int row, int column, float value) {
+    const int64_t m = first_row + row;
+    if (m < rows && column < columns) {
+      const int64_t c = first_column + column;
+      out[m * row_stride + c] = from_float<T>(bias != nullptr ? value + to_float(bias[c]) : value);
+    }
+  });
+}
+
 }  // namespace spikekern
