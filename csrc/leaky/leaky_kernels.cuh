@@ -2,9 +2,11 @@
 // docs/leaky_op.md.
 //
 // The layout is the neuron kernels' (neuron/neuron_kernels.cuh; both take their launch constants,
-// state element types and state-mode dispatch from common/multistep.cuh): one thread owns a group
-// of neurons (one element, or a pack of up to 4) and walks all T steps with the membrane in
-// registers, so every [T, M] tensor is read or written once, in coalesced rows.
+// state element types, saved-state coding and state-mode dispatch from common/multistep.cuh): one
+// thread owns a group of neurons (one element, or a pack of up to 4) and walks all T steps with the
+// membrane in registers, so every [T, M] tensor is read or written once, in coalesced rows. The
+// forward kernel is common/multistep.cuh's multistep_forward_kernel with the LeakyForward policy
+// below; the backward kernel is here.
 //
 // Compile-time switches: element type, reset mechanism, per-neuron or shared beta, state mode,
 // group width. Grid-uniform runtime switches, which never diverge and would only multiply the
@@ -34,11 +36,6 @@ namespace spikekern {
 // [T][group width][kBlockSize] floats fits as the neuron kernels' does.
 constexpr int kMaxLeakyGroupWidth = 4;
 static_assert(kMaxLeakyGroupWidth <= kMaxRecomputeGroupWidth);
-
-constexpr int leaky_group_width(int element_bytes, bool vectorized) {
-  const int width = group_width(element_bytes, vectorized, /*recompute=*/false);
-  return width < kMaxLeakyGroupWidth ? width : kMaxLeakyGroupWidth;
-}
 
 // -------------------------------------------------------------------------------------------------
 // Dynamics.
@@ -101,70 +98,70 @@ __device__ __forceinline__ void load_decay(const float* beta, int64_t m, float (
   for (int i = 0; i < N; ++i) decay[i] = clamp_unit(decay[i]);
 }
 
-// One saved step decoded as a SavedStep: snnTorch's mem[t] plays the part of the neuron kernels'
-// charge H[t] (the membrane before the reset, which snnTorch applies a step later). `saved` is the
-// compact margin (widened from bfloat16) in kBFloat16Margin mode, mem otherwise.
-template <StateMode kStateMode>
-__device__ __forceinline__ SavedStep decode_saved_membrane(float saved, float threshold) {
-  if constexpr (kStateMode == StateMode::kBFloat16Margin) {
-    // The same coding as the neuron kernels' compact state: the sign bit is clear exactly where the
-    // neuron fired (compact_margin), a NaN never did, and mem is approximate.
-    return decode_compact_margin(saved, threshold);
-  } else {
-    const float margin = __fsub_rn(saved, threshold);
-    return {saved, margin, fires_above(margin)};
-  }
-}
-
 // -------------------------------------------------------------------------------------------------
 // Kernels. A group is kVec consecutive neurons m .. m + kVec - 1, whose elements of step t start
 // at t * M + m. Each thread loads the next step's input before computing the current one.
 
-template <typename scalar_t, ResetMechanism kReset, bool kPerNeuronBeta, StateMode kStateMode,
-          int kVec>
-__global__ void __launch_bounds__(kBlockSize, kMinBlocksPerMultiprocessor)
-    leaky_forward_kernel(const LeakyConfig config, const scalar_t* __restrict__ x_seq,
-                         const scalar_t* __restrict__ mem_init, scalar_t* __restrict__ spike_seq,
-                         scalar_t* __restrict__ mem_out,
-                         StateElement<scalar_t, kStateMode>* __restrict__ state) {
-  static_assert(kStateMode != StateMode::kRecompute, "recompute mode saves nothing: use kNone");
-  const Leaky<kReset> leaky{__ldg(config.threshold)};
-  const int64_t num_steps = config.num_steps;
-  const int64_t num_neurons = config.num_neurons;
-  const int64_t num_groups = num_neurons / kVec;
+// The forward policy for common/multistep.cuh's multistep_forward_kernel; its constructor takes the
+// kernel arguments after x_seq.
+template <typename scalar_t, ResetMechanism kReset, bool kPerNeuronBeta, StateMode kMode>
+struct LeakyForward {
+  using Config = LeakyConfig;
+  static constexpr StateMode kStateMode = kMode;
 
-  for (int64_t group = first_item(); group < num_groups; group += item_stride()) {
-    const int64_t m = group * kVec;
-    float decay[kVec];
-    load_decay<kPerNeuronBeta>(config.beta, m, decay);
-    float mem[kVec];
-    load_initial_membrane(mem_init, m, 0.0f, mem);  // snnTorch starts from zeros
-    float x_next[kVec];
-    load_pack(x_seq + m, x_next);
+  Leaky<kReset> leaky;
+  const float* beta;
+  bool output_mem_seq;
+  const scalar_t* mem_init;
+  scalar_t* spike_seq;
+  scalar_t* mem_out;
+  StateElement<scalar_t, kMode>* state;
 
-    for (int64_t t = 0; t < num_steps; ++t) {
-      const int64_t offset = t * num_neurons + m;
-      float x[kVec];
-      copy(x, x_next);
-      if (t + 1 < num_steps) load_pack(x_seq + offset + num_neurons, x_next);
+  __device__ LeakyForward(const LeakyConfig& config, const scalar_t* mem_init,
+                          scalar_t* spike_seq, scalar_t* mem_out,
+                          StateElement<scalar_t, kMode>* state)
+      : leaky{__ldg(config.threshold)},
+        beta(config.beta),
+        output_mem_seq(config.output_mem_seq),
+        mem_init(mem_init),
+        spike_seq(spike_seq),
+        mem_out(mem_out),
+        state(state) {}
 
-      leaky_step(leaky, decay, x, mem);
-      float spike[kVec];
-      float compact[kVec];
-#pragma unroll
-      for (int i = 0; i < kVec; ++i) {
-        const float margin = leaky.margin(mem[i]);
-        spike[i] = fires_above(margin);
-        compact[i] = compact_margin(margin);
-      }
-      store_pack(spike_seq + offset, spike);
-      if (config.output_mem_seq) store_pack(mem_out + offset, mem);
-      if constexpr (kStateMode == StateMode::kFloat32Charge) store_pack(state + offset, mem);
-      if constexpr (kStateMode == StateMode::kBFloat16Margin) store_pack(state + offset, compact);
-    }
-    if (!config.output_mem_seq) store_pack(mem_out + m, mem);
+  template <int N>
+  struct Registers {
+    float decay[N];
+    float mem[N];
+  };
+
+  template <int N>
+  __device__ __forceinline__ void begin_forward(int64_t m, Registers<N>& registers) const {
+    load_decay<kPerNeuronBeta>(beta, m, registers.decay);
+    load_initial_membrane(mem_init, m, 0.0f, registers.mem);  // snnTorch starts from zeros
   }
-}
+
+  template <int N>
+  __device__ __forceinline__ void step(Registers<N>& registers, int64_t offset,
+                                       const float (&x)[N]) const {
+    leaky_step(leaky, registers.decay, x, registers.mem);
+    float spike[N];
+    float compact[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      const float margin = leaky.margin(registers.mem[i]);
+      spike[i] = fires_above(margin);
+      compact[i] = compact_margin(margin);
+    }
+    store_pack(spike_seq + offset, spike);
+    if (output_mem_seq) store_pack(mem_out + offset, registers.mem);
+    store_state<kMode>(state + offset, registers.mem, compact);
+  }
+
+  template <int N>
+  __device__ __forceinline__ void end_forward(const Registers<N>& registers, int64_t m) const {
+    if (!output_mem_seq) store_pack(mem_out + m, registers.mem);
+  }
+};
 
 template <typename scalar_t, ResetMechanism kReset, bool kPerNeuronBeta, StateMode kStateMode,
           int kVec>
@@ -252,12 +249,12 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerMultiprocessor)
       float grad_in[kVec];
 #pragma unroll
       for (int i = 0; i < kVec; ++i) {
-        const SavedStep now = decode_saved_membrane<kStateMode>(saved[i], leaky.threshold);
+        const SavedStep now = decode_saved_step<kStateMode, fires_above>(saved[i], leaky.threshold);
         float mem_before = mem_first[i];
         float reset = fires_above(leaky.margin(mem_first[i]));
         if (t > 0) {
           const SavedStep before =
-              decode_saved_membrane<kStateMode>(saved_previous[i], leaky.threshold);
+              decode_saved_step<kStateMode, fires_above>(saved_previous[i], leaky.threshold);
           mem_before = before.h;
           reset = before.spike;
         }
@@ -327,20 +324,20 @@ template <typename scalar_t>
 void launch_leaky_forward_typed(const LeakyForwardArgs& args, const LaunchPlan& plan,
                                 cudaStream_t stream) {
   const LeakyConfig& config = args.config;
-  const dim3 grid(static_cast<unsigned int>(plan.num_blocks));
   dispatch_leaky(config, [&](auto reset, auto per_neuron_beta) {
-    dispatch_forward_state_mode(config.state_mode, [&](auto state_mode) {
-      dispatch_bool(plan.vectorized, [&](auto vectorized) {
-        constexpr StateMode kStateMode = decltype(state_mode)::value;
-        constexpr int kVec = leaky_group_width(sizeof(scalar_t), decltype(vectorized)::value);
-        leaky_forward_kernel<scalar_t, decltype(reset)::value, decltype(per_neuron_beta)::value,
-                             kStateMode, kVec><<<grid, kBlockSize, 0, stream>>>(
-            config, static_cast<const scalar_t*>(args.x_seq),
-            static_cast<const scalar_t*>(args.mem_init), static_cast<scalar_t*>(args.spike_seq),
-            static_cast<scalar_t*>(args.mem_out),
-            static_cast<StateElement<scalar_t, kStateMode>*>(args.state));
-      });
-    });
+    dispatch_kernel_shape</*kBackward=*/false, kMaxLeakyGroupWidth, scalar_t>(
+        config.state_mode, plan, config.num_steps,
+        [&](auto state_mode, auto vec, dim3 grid, size_t shared_bytes) {
+          constexpr StateMode kStateMode = decltype(state_mode)::value;
+          multistep_forward_kernel<LeakyForward<scalar_t, decltype(reset)::value,
+                                                decltype(per_neuron_beta)::value, kStateMode>,
+                                   decltype(vec)::value>
+              <<<grid, kBlockSize, shared_bytes, stream>>>(
+                  config, static_cast<const scalar_t*>(args.x_seq),
+                  static_cast<const scalar_t*>(args.mem_init),
+                  static_cast<scalar_t*>(args.spike_seq), static_cast<scalar_t*>(args.mem_out),
+                  static_cast<StateElement<scalar_t, kStateMode>*>(args.state));
+        });
   });
 }
 
@@ -348,24 +345,23 @@ template <typename scalar_t>
 void launch_leaky_backward_typed(const LeakyBackwardArgs& args, const LaunchPlan& plan,
                                  cudaStream_t stream) {
   const LeakyConfig& config = args.config;
-  const dim3 grid(static_cast<unsigned int>(plan.num_blocks));
   dispatch_leaky(config, [&](auto reset, auto per_neuron_beta) {
-    dispatch_backward_state_mode(config.state_mode, [&](auto state_mode) {
-      dispatch_bool(plan.vectorized, [&](auto vectorized) {
-        constexpr StateMode kStateMode = decltype(state_mode)::value;
-        constexpr bool kRecompute = kStateMode == StateMode::kRecompute;
-        constexpr int kVec = leaky_group_width(sizeof(scalar_t), decltype(vectorized)::value);
-        const size_t shared_bytes = recompute_shared_bytes<kVec>(kRecompute, config.num_steps);
-        leaky_backward_kernel<scalar_t, decltype(reset)::value, decltype(per_neuron_beta)::value,
-                              kStateMode, kVec><<<grid, kBlockSize, shared_bytes, stream>>>(
-            config, args.surrogate, args.alpha, static_cast<const scalar_t*>(args.grad_spike),
-            static_cast<const scalar_t*>(args.grad_mem),
-            static_cast<const StateElement<scalar_t, kStateMode>*>(args.state),
-            static_cast<const scalar_t*>(args.mem_init), static_cast<scalar_t*>(args.grad_x),
-            static_cast<scalar_t*>(args.grad_mem_init), args.decay_partials,
-            args.threshold_partials);
-      });
-    });
+    dispatch_kernel_shape</*kBackward=*/true, kMaxLeakyGroupWidth, scalar_t>(
+        config.state_mode, plan, config.num_steps,
+        [&](auto state_mode, auto vec, dim3 grid, size_t shared_bytes) {
+          constexpr StateMode kStateMode = decltype(state_mode)::value;
+          leaky_backward_kernel<scalar_t, decltype(reset)::value,
+                                decltype(per_neuron_beta)::value, kStateMode, decltype(vec)::value>
+              <<<grid, kBlockSize, shared_bytes, stream>>>(
+                  config, args.surrogate, args.alpha,
+                  static_cast<const scalar_t*>(args.grad_spike),
+                  static_cast<const scalar_t*>(args.grad_mem),
+                  static_cast<const StateElement<scalar_t, kStateMode>*>(args.state),
+                  static_cast<const scalar_t*>(args.mem_init),
+                  static_cast<scalar_t*>(args.grad_x),
+                  static_cast<scalar_t*>(args.grad_mem_init), args.decay_partials,
+                  args.threshold_partials);
+        });
   });
 }
 

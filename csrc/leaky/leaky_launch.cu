@@ -10,12 +10,6 @@
 namespace spikekern {
 namespace {
 
-LaunchPlan make_plan(const LeakyConfig& config, std::initializer_list<PackedOperand> operands,
-                       int multiprocessor_count) {
-  const int width = leaky_group_width(element_bytes(config.element_type), /*vectorized=*/true);
-  return plan_groups(width, config.num_neurons, operands, multiprocessor_count);
-}
-
 // A per-neuron beta is read in packs of float32; a shared one is a single scalar.
 PackedOperand beta_operand(const LeakyConfig& config) {
   return {config.per_neuron_beta ? config.beta : nullptr, 4};
@@ -27,30 +21,32 @@ LaunchPlan plan_leaky_forward(const LeakyForwardArgs& args, int multiprocessor_c
   const LeakyConfig& config = args.config;
   const int x_bytes = element_bytes(config.element_type);
   const int state_bytes = state_element_bytes(config.state_mode, config.element_type);
-  return make_plan(config,
-                   {{args.x_seq, x_bytes},
-                    {args.mem_init, x_bytes},
-                    {args.spike_seq, x_bytes},
-                    {args.mem_out, x_bytes},
-                    {args.state, state_bytes},
-                    beta_operand(config)},
-                   multiprocessor_count);
+  return plan_groups(kMaxLeakyGroupWidth, config.element_type, /*recompute=*/false,
+                     config.num_neurons,
+                     {{args.x_seq, x_bytes},
+                      {args.mem_init, x_bytes},
+                      {args.spike_seq, x_bytes},
+                      {args.mem_out, x_bytes},
+                      {args.state, state_bytes},
+                      beta_operand(config)},
+                     multiprocessor_count);
 }
 
 LaunchPlan plan_leaky_backward(const LeakyBackwardArgs& args, int multiprocessor_count) {
   const LeakyConfig& config = args.config;
   const int x_bytes = element_bytes(config.element_type);
   const int state_bytes = state_element_bytes(config.state_mode, config.element_type);
-  return make_plan(config,
-                   {{args.grad_spike, x_bytes},
-                    {args.grad_mem, x_bytes},
-                    {args.state, state_bytes},
-                    {args.mem_init, x_bytes},
-                    {args.grad_x, x_bytes},
-                    {args.grad_mem_init, x_bytes},
-                    beta_operand(config),
-                    {config.per_neuron_beta ? args.decay_partials : nullptr, 4}},
-                   multiprocessor_count);
+  return plan_groups(kMaxLeakyGroupWidth, config.element_type,
+                     config.state_mode == StateMode::kRecompute, config.num_neurons,
+                     {{args.grad_spike, x_bytes},
+                      {args.grad_mem, x_bytes},
+                      {args.state, state_bytes},
+                      {args.mem_init, x_bytes},
+                      {args.grad_x, x_bytes},
+                      {args.grad_mem_init, x_bytes},
+                      beta_operand(config),
+                      {config.per_neuron_beta ? args.decay_partials : nullptr, 4}},
+                     multiprocessor_count);
 }
 
 void launch_leaky_forward(const LeakyForwardArgs& args, const LaunchPlan& plan,

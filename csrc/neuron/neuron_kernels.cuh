@@ -3,7 +3,8 @@
 // One thread owns a group of neurons (one element, or a pack of up to 16 bytes of x's dtype when
 // the tensors allow it) and walks all T steps with the membrane in registers, so every tensor is
 // read or written exactly once. Consecutive threads own consecutive groups, so each step's accesses
-// are coalesced rows of [T, M].
+// are coalesced rows of [T, M]. The forward kernel is common/multistep.cuh's
+// multistep_forward_kernel with the NeuronForward policy below; the backward kernel is here.
 //
 // Compile-time switches: element type, neuron kind and decay_input, reset kind, detach_reset
 // (backward), state mode, group width. Grid-uniform runtime switches, which never diverge and
@@ -130,63 +131,65 @@ __device__ __forceinline__ void forward_step(const NeuronT& neuron, float (&v)[N
   }
 }
 
-// `saved` is H - v_threshold (widened from bfloat16) in compact mode, H otherwise.
-template <StateMode kStateMode>
-__device__ __forceinline__ SavedStep decode_saved_step(float saved, float v_threshold) {
-  if constexpr (kStateMode == StateMode::kBFloat16Margin) {
-    return decode_compact_margin(saved, v_threshold);
-  } else {
-    const float margin = __fsub_rn(saved, v_threshold);
-    return {saved, margin, fires(margin)};
-  }
-}
-
 // -------------------------------------------------------------------------------------------------
 // Kernels. A group is kVec consecutive neurons m .. m + kVec - 1, whose elements of step t start
 // at t * M + m. Each thread loads the next step's input before computing the current one, so that
 // two loads per thread are in flight.
 
-template <typename scalar_t, NeuronKind kKind, bool kDecayInput, bool kSoftReset,
-          StateMode kStateMode, int kVec>
-__global__ void __launch_bounds__(kBlockSize, kMinBlocksPerMultiprocessor)
-    neuron_forward_kernel(const NeuronConfig config, const scalar_t* __restrict__ x_seq,
-                          const scalar_t* __restrict__ v_init, scalar_t* __restrict__ spike_seq,
-                          scalar_t* __restrict__ v_last,
-                          StateElement<scalar_t, kStateMode>* __restrict__ state,
-                          scalar_t* __restrict__ v_seq) {
-  static_assert(kStateMode != StateMode::kRecompute, "recompute mode saves nothing: use kNone");
-  const Neuron<kKind, kDecayInput, kSoftReset> neuron(config);
-  const int64_t num_steps = config.num_steps;
-  const int64_t num_neurons = config.num_neurons;
-  const int64_t num_groups = num_neurons / kVec;
+// The forward policy for common/multistep.cuh's multistep_forward_kernel; its constructor takes the
+// kernel arguments after x_seq.
 
-  for (int64_t group = first_item(); group < num_groups; group += item_stride()) {
-    const int64_t m = group * kVec;
-    float v[kVec];
-    load_initial_membrane(v_init, m, config.v_reset, v);
-    float x_next[kVec];
-    load_pack(x_seq + m, x_next);
+template <typename scalar_t, typename NeuronT, StateMode kMode>
+struct NeuronForward {
+  using Config = NeuronConfig;
+  static constexpr StateMode kStateMode = kMode;
 
-    for (int64_t t = 0; t < num_steps; ++t) {
-      const int64_t offset = t * num_neurons + m;
-      float x[kVec];
-      copy(x, x_next);
-      if (t + 1 < num_steps) load_pack(x_seq + offset + num_neurons, x_next);
+  NeuronT neuron;
+  const scalar_t* v_init;
+  scalar_t* spike_seq;
+  scalar_t* v_last;
+  StateElement<scalar_t, kMode>* state;
+  scalar_t* v_seq;
 
-      float h[kVec];
-      float margin[kVec];
-      forward_step(neuron, v, x, h, margin);
-      float spike[kVec];
-#pragma unroll
-      for (int i = 0; i < kVec; ++i) spike[i] = fires(margin[i]);
-      store_pack(spike_seq + offset, spike);
-      if constexpr (kStateMode == StateMode::kFloat32Charge) store_pack(state + offset, h);
-      if constexpr (kStateMode == StateMode::kBFloat16Margin) store_pack(state + offset, margin);
-      if (v_seq != nullptr) store_pack(v_seq + offset, v);
-    }
-    store_pack(v_last + m, v);
+  __device__ NeuronForward(const NeuronConfig& config, const scalar_t* v_init,
+                           scalar_t* spike_seq, scalar_t* v_last,
+                           StateElement<scalar_t, kMode>* state, scalar_t* v_seq)
+      : neuron(config),
+        v_init(v_init),
+        spike_seq(spike_seq),
+        v_last(v_last),
+        state(state),
+        v_seq(v_seq) {}
+
+  template <int N>
+  struct Registers {
+    float v[N];
+  };
+
+  template <int N>
+  __device__ __forceinline__ void begin_forward(int64_t m, Registers<N>& registers) const {
+    load_initial_membrane(v_init, m, neuron.v_reset, registers.v);
   }
-}
+
+  template <int N>
+  __device__ __forceinline__ void step(Registers<N>& registers, int64_t offset,
+                                       const float (&x)[N]) const {
+    float h[N];
+    float margin[N];
+    forward_step(neuron, registers.v, x, h, margin);
+    float spike[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) spike[i] = fires(margin[i]);
+    store_pack(spike_seq + offset, spike);
+    store_state<kMode>(state + offset, h, margin);
+    if (v_seq != nullptr) store_pack(v_seq + offset, registers.v);
+  }
+
+  template <int N>
+  __device__ __forceinline__ void end_forward(const Registers<N>& registers, int64_t m) const {
+    store_pack(v_last + m, registers.v);
+  }
+};
 
 template <typename scalar_t, NeuronKind kKind, bool kDecayInput, bool kSoftReset, bool kDetachReset,
           StateMode kStateMode, int kVec>
@@ -271,7 +274,7 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerMultiprocessor)
       float grad_in[kVec];
 #pragma unroll
       for (int i = 0; i < kVec; ++i) {
-        const SavedStep step = decode_saved_step<kStateMode>(saved[i], neuron.v_threshold);
+        const SavedStep step = decode_saved_step<kStateMode, fires>(saved[i], neuron.v_threshold);
         const float g = surrogate_grad(surrogate, alpha, step.margin);
         const float grad_h =
             grad_s[i] * g +
@@ -282,7 +285,7 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerMultiprocessor)
           float v_previous = v_start[i];
           if (t > 0) {
             const SavedStep previous =
-                decode_saved_step<kStateMode>(saved_previous[i], neuron.v_threshold);
+                decode_saved_step<kStateMode, fires>(saved_previous[i], neuron.v_threshold);
             v_previous = neuron.reset(previous.h, previous.spike);
           }
           plif_sum += grad_h * neuron.plif_decay_term(step.h, v_previous);
@@ -327,26 +330,29 @@ void dispatch_neuron(const NeuronConfig& config, Body&& body) {
   });
 }
 
+// The neuron's group width has no cap of its own (a full 16-byte pack) beyond the recompute tile's.
+constexpr int kMaxNeuronGroupWidth = kPackBytes;
+
 template <typename scalar_t>
 void launch_neuron_forward_typed(const NeuronForwardArgs& args, const LaunchPlan& plan,
                                  cudaStream_t stream) {
   const NeuronConfig& config = args.config;
-  const dim3 grid(static_cast<unsigned int>(plan.num_blocks));
   dispatch_neuron(config, [&](auto kind, auto decay_input, auto soft_reset) {
-    dispatch_forward_state_mode(config.state_mode, [&](auto state_mode) {
-      dispatch_bool(plan.vectorized, [&](auto vectorized) {
-        constexpr StateMode kStateMode = decltype(state_mode)::value;
-        constexpr int kVec = group_width(sizeof(scalar_t), decltype(vectorized)::value, false);
-        neuron_forward_kernel<scalar_t, decltype(kind)::value, decltype(decay_input)::value,
-                              decltype(soft_reset)::value, kStateMode, kVec>
-            <<<grid, kBlockSize, 0, stream>>>(
-                config, static_cast<const scalar_t*>(args.x_seq),
-                static_cast<const scalar_t*>(args.v_init), static_cast<scalar_t*>(args.spike_seq),
-                static_cast<scalar_t*>(args.v_last),
-                static_cast<StateElement<scalar_t, kStateMode>*>(args.state),
-                static_cast<scalar_t*>(args.v_seq));
-      });
-    });
+    dispatch_kernel_shape</*kBackward=*/false, kMaxNeuronGroupWidth, scalar_t>(
+        config.state_mode, plan, config.num_steps,
+        [&](auto state_mode, auto vec, dim3 grid, size_t shared_bytes) {
+          constexpr StateMode kStateMode = decltype(state_mode)::value;
+          using NeuronT = Neuron<decltype(kind)::value, decltype(decay_input)::value,
+                                 decltype(soft_reset)::value>;
+          multistep_forward_kernel<NeuronForward<scalar_t, NeuronT, kStateMode>,
+                                   decltype(vec)::value>
+              <<<grid, kBlockSize, shared_bytes, stream>>>(
+                  config, static_cast<const scalar_t*>(args.x_seq),
+                  static_cast<const scalar_t*>(args.v_init),
+                  static_cast<scalar_t*>(args.spike_seq), static_cast<scalar_t*>(args.v_last),
+                  static_cast<StateElement<scalar_t, kStateMode>*>(args.state),
+                  static_cast<scalar_t*>(args.v_seq));
+        });
   });
 }
 
@@ -354,29 +360,25 @@ template <typename scalar_t>
 void launch_neuron_backward_typed(const NeuronBackwardArgs& args, const LaunchPlan& plan,
                                   cudaStream_t stream) {
   const NeuronConfig& config = args.config;
-  const dim3 grid(static_cast<unsigned int>(plan.num_blocks));
   dispatch_neuron(config, [&](auto kind, auto decay_input, auto soft_reset) {
     dispatch_bool(args.detach_reset, [&](auto detach_reset) {
-      dispatch_backward_state_mode(config.state_mode, [&](auto state_mode) {
-        dispatch_bool(plan.vectorized, [&](auto vectorized) {
-          constexpr StateMode kStateMode = decltype(state_mode)::value;
-          constexpr bool kRecompute = kStateMode == StateMode::kRecompute;
-          constexpr int kVec =
-              group_width(sizeof(scalar_t), decltype(vectorized)::value, kRecompute);
-          const size_t shared_bytes = recompute_shared_bytes<kVec>(kRecompute, config.num_steps);
-          neuron_backward_kernel<scalar_t, decltype(kind)::value, decltype(decay_input)::value,
-                                 decltype(soft_reset)::value, decltype(detach_reset)::value,
-                                 kStateMode, kVec>
-              <<<grid, kBlockSize, shared_bytes, stream>>>(
-                  config, args.surrogate, args.alpha,
-                  static_cast<const scalar_t*>(args.grad_spike),
-                  static_cast<const scalar_t*>(args.grad_v_last),
-                  static_cast<const scalar_t*>(args.grad_v_seq),
-                  static_cast<const StateElement<scalar_t, kStateMode>*>(args.state),
-                  static_cast<const scalar_t*>(args.v_init), static_cast<scalar_t*>(args.grad_x),
-                  static_cast<scalar_t*>(args.grad_v_init), args.plif_partials);
-        });
-      });
+      dispatch_kernel_shape</*kBackward=*/true, kMaxNeuronGroupWidth, scalar_t>(
+          config.state_mode, plan, config.num_steps,
+          [&](auto state_mode, auto vec, dim3 grid, size_t shared_bytes) {
+            constexpr StateMode kStateMode = decltype(state_mode)::value;
+            neuron_backward_kernel<scalar_t, decltype(kind)::value, decltype(decay_input)::value,
+                                   decltype(soft_reset)::value, decltype(detach_reset)::value,
+                                   kStateMode, decltype(vec)::value>
+                <<<grid, kBlockSize, shared_bytes, stream>>>(
+                    config, args.surrogate, args.alpha,
+                    static_cast<const scalar_t*>(args.grad_spike),
+                    static_cast<const scalar_t*>(args.grad_v_last),
+                    static_cast<const scalar_t*>(args.grad_v_seq),
+                    static_cast<const StateElement<scalar_t, kStateMode>*>(args.state),
+                    static_cast<const scalar_t*>(args.v_init),
+                    static_cast<scalar_t*>(args.grad_x),
+                    static_cast<scalar_t*>(args.grad_v_init), args.plif_partials);
+          });
     });
   });
 }

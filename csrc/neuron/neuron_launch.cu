@@ -8,41 +8,34 @@
 #include "neuron/neuron_ops.h"
 
 namespace spikekern {
-namespace {
-
-LaunchPlan make_plan(const NeuronConfig& config, bool recompute,
-                     std::initializer_list<PackedOperand> operands, int multiprocessor_count) {
-  const int width = group_width(element_bytes(config.element_type), /*vectorized=*/true, recompute);
-  return plan_groups(width, config.num_neurons, operands, multiprocessor_count);
-}
-
-}  // namespace
 
 LaunchPlan plan_neuron_forward(const NeuronForwardArgs& args, int multiprocessor_count) {
   const NeuronConfig& config = args.config;
   const int x_bytes = element_bytes(config.element_type);
-  return make_plan(config, /*recompute=*/false,
-                   {{args.x_seq, x_bytes},
-                    {args.v_init, x_bytes},
-                    {args.spike_seq, x_bytes},
-                    {args.v_last, x_bytes},
-                    {args.state, state_element_bytes(config.state_mode, config.element_type)},
-                    {args.v_seq, x_bytes}},
-                   multiprocessor_count);
+  return plan_groups(kMaxNeuronGroupWidth, config.element_type, /*recompute=*/false,
+                     config.num_neurons,
+                     {{args.x_seq, x_bytes},
+                      {args.v_init, x_bytes},
+                      {args.spike_seq, x_bytes},
+                      {args.v_last, x_bytes},
+                      {args.state, state_element_bytes(config.state_mode, config.element_type)},
+                      {args.v_seq, x_bytes}},
+                     multiprocessor_count);
 }
 
 LaunchPlan plan_neuron_backward(const NeuronBackwardArgs& args, int multiprocessor_count) {
   const NeuronConfig& config = args.config;
   const int x_bytes = element_bytes(config.element_type);
-  return make_plan(config, config.state_mode == StateMode::kRecompute,
-                   {{args.grad_spike, x_bytes},
-                    {args.grad_v_last, x_bytes},
-                    {args.grad_v_seq, x_bytes},
-                    {args.state, state_element_bytes(config.state_mode, config.element_type)},
-                    {args.v_init, x_bytes},
-                    {args.grad_x, x_bytes},
-                    {args.grad_v_init, x_bytes}},
-                   multiprocessor_count);
+  return plan_groups(kMaxNeuronGroupWidth, config.element_type,
+                     config.state_mode == StateMode::kRecompute, config.num_neurons,
+                     {{args.grad_spike, x_bytes},
+                      {args.grad_v_last, x_bytes},
+                      {args.grad_v_seq, x_bytes},
+                      {args.state, state_element_bytes(config.state_mode, config.element_type)},
+                      {args.v_init, x_bytes},
+                      {args.grad_x, x_bytes},
+                      {args.grad_v_init, x_bytes}},
+                     multiprocessor_count);
 }
 
 void launch_neuron_forward(const NeuronForwardArgs& args, const LaunchPlan& plan,

@@ -45,6 +45,27 @@ const float* check_decay(const std::optional<at::Tensor>& decay, NeuronKind kind
   return decay->const_data_ptr<float>();
 }
 
+// The checked neuron arguments shared by forward and backward, as the kernels' config.
+NeuronConfig check_config(const at::Tensor& sequence, ElementType element_type,
+                          const std::optional<at::Tensor>& decay, int64_t neuron_kind, double tau,
+                          bool decay_input, double v_threshold, double v_reset, bool soft_reset,
+                          int64_t state_mode) {
+  const NeuronKind kind = check_neuron_kind(neuron_kind);
+  const float* decay_data = check_decay(decay, kind, sequence);
+  const StateMode mode = check_state_mode(state_mode, "float32 H", "bfloat16 H - v_threshold");
+  return {sequence.size(0),
+          sequence.size(1),
+          element_type,
+          kind,
+          decay_input,
+          soft_reset,
+          mode,
+          static_cast<float>(tau),
+          static_cast<float>(v_threshold),
+          static_cast<float>(v_reset),
+          decay_data};
+}
+
 ForwardOutputs neuron_forward_cuda(const at::Tensor& x_seq, const std::optional<at::Tensor>& v_init,
                                    const std::optional<at::Tensor>& decay, int64_t neuron_kind,
                                    double tau, bool decay_input, double v_threshold,
@@ -54,9 +75,10 @@ ForwardOutputs neuron_forward_cuda(const at::Tensor& x_seq, const std::optional<
   const int64_t num_steps = x_seq.size(0);
   const int64_t num_neurons = x_seq.size(1);
   const void* v_init_data = check_optional_tensor(v_init, "v_init", x_seq, {num_neurons});
-  const NeuronKind kind = check_neuron_kind(neuron_kind);
-  const float* decay_data = check_decay(decay, kind, x_seq);
-  const StateMode mode = check_state_mode(state_mode, "float32 H", "bfloat16 H - v_threshold");
+  const NeuronConfig config = check_config(x_seq, element_type, decay, neuron_kind, tau,
+                                           decay_input, v_threshold, v_reset, soft_reset,
+                                           state_mode);
+  const StateMode mode = config.state_mode;
 
   const c10::cuda::CUDAGuard device_guard(x_seq.device());
   at::Tensor spike_seq = at::empty({num_steps, num_neurons}, x_seq.options());
@@ -75,17 +97,7 @@ ForwardOutputs neuron_forward_cuda(const at::Tensor& x_seq, const std::optional<
   }
 
   NeuronForwardArgs args{};
-  args.config = {num_steps,
-                 num_neurons,
-                 element_type,
-                 kind,
-                 decay_input,
-                 soft_reset,
-                 mode,
-                 static_cast<float>(tau),
-                 static_cast<float>(v_threshold),
-                 static_cast<float>(v_reset),
-                 decay_data};
+  args.config = config;
   args.x_seq = x_seq.const_data_ptr();
   args.v_init = v_init_data;
   args.spike_seq = spike_seq.mutable_data_ptr();
@@ -116,10 +128,11 @@ BackwardOutputs neuron_backward_cuda(const at::Tensor& grad_spike,
   const void* grad_v_seq_data =
       check_optional_tensor(grad_v_seq, "grad_v_seq", grad_spike, {num_steps, num_neurons});
   const void* v_init_data = check_optional_tensor(v_init, "v_init", grad_spike, {num_neurons});
-  const NeuronKind kind = check_neuron_kind(neuron_kind);
-  const float* decay_data = check_decay(decay, kind, grad_spike);
-  const StateMode mode = check_state_mode(state_mode, "float32 H", "bfloat16 H - v_threshold");
-  check_backward_state(state, mode, grad_spike, "neuron_backward", "save the charge (mode 1)");
+  const NeuronConfig config = check_config(grad_spike, element_type, decay, neuron_kind, tau,
+                                           decay_input, v_threshold, v_reset, soft_reset,
+                                           state_mode);
+  check_backward_state(state, config.state_mode, grad_spike, "neuron_backward",
+                       "save the charge (mode 1)");
   const Surrogate surrogate_id = check_surrogate(surrogate);
 
   const c10::cuda::CUDAGuard device_guard(grad_spike.device());
@@ -135,17 +148,7 @@ BackwardOutputs neuron_backward_cuda(const at::Tensor& grad_spike,
   at::Tensor grad_v_init = at::empty({num_neurons}, grad_spike.options());
 
   NeuronBackwardArgs args{};
-  args.config = {num_steps,
-                 num_neurons,
-                 element_type,
-                 kind,
-                 decay_input,
-                 soft_reset,
-                 mode,
-                 static_cast<float>(tau),
-                 static_cast<float>(v_threshold),
-                 static_cast<float>(v_reset),
-                 decay_data};
+  args.config = config;
   args.detach_reset = detach_reset;
   args.surrogate = surrogate_id;
   args.alpha = static_cast<float>(alpha);
@@ -159,7 +162,7 @@ BackwardOutputs neuron_backward_cuda(const at::Tensor& grad_spike,
 
   const LaunchPlan plan = plan_neuron_backward(args, multiprocessor_count(grad_spike));
   // One partial sum of P per block; the op adds them up (fixed order, so deterministic).
-  const bool plif = kind == NeuronKind::kPLIF;
+  const bool plif = config.kind == NeuronKind::kPLIF;
   at::Tensor plif_partials = at::empty({plif ? plan.num_blocks : int64_t{0}}, float_options);
   args.plif_partials = plif ? plif_partials.mutable_data_ptr<float>() : nullptr;
 
