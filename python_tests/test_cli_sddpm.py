@@ -179,7 +179,8 @@ def test_sampling_defaults_parse_and_refuse():
     assert train.parse_sampling_defaults("ddim:50:1") == {"sampler": "ddim", "steps": 50, "eta": 1.0}
     assert train.parse_sampling_defaults("ddim:20") == {"sampler": "ddim", "steps": 20, "eta": 0.0}
     assert train.parse_sampling_defaults("ddpm") == {"sampler": "ddpm", "steps": None, "eta": 0.0}
-    for bad in ("ddim", "ddpm:5", "ddim:x", "ddim:5:1:2", "euler:5"):
+    assert train.parse_sampling_defaults("temperature:0.6") == {"temperature": 0.6}
+    for bad in ("ddim", "ddpm:5", "ddim:x", "ddim:5:1:2", "euler:5", "temperature", "temperature:x"):
         with pytest.raises(ValueError, match="--sampling-defaults"):
             train.parse_sampling_defaults(bad)
 

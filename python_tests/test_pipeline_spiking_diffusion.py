@@ -161,6 +161,8 @@ def test_sample_command_is_deterministic(runs, tmp_path, capsys):
         (train, [*TINY_ARGS, "--stage", "generate", "--out", "{tmp}/r"], "stage must be one of"),
         (train, [*TINY_ARGS, "--neuron", "relu", "--out", "{tmp}/r"], "no ANN counterpart"),
         (train, [*TINY_ARGS, "--sampling-defaults", "ddim:5", "--out", "{tmp}/r"], "apply to the DDPM/DDIM samplers"),
+        (train, ["--model", "sddpm", "--sampling-defaults", "temperature:0.5", "--out", "{tmp}/r"],
+         "--temperature does not apply to the sddpm model"),
         (sample, ["--checkpoint", "{vq}"], "cannot generate"),
         (sample, ["--checkpoint", "{sd}", "--sampler", "ddim"], "apply to the DDPM/DDIM samplers"),
         (sample, ["--checkpoint", "{sd}", "--temperature", "-1"], "temperature must be >= 0"),

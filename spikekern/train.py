@@ -194,7 +194,8 @@ def _parser():
     parser.add_argument("--sample-n", type=int, default=64)
     parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of the sample grids")
     parser.add_argument("--sampling-defaults", default=None,
-                        help="what `spikekern.sample` uses for this model, e.g. ddim:50 or ddpm (default: the family's)")  # fmt: skip
+                        help="what `spikekern.sample` uses for this model: ddim:50, ddim:50:1, ddpm, or temperature:0.6 for "
+                             "spiking-diffusion (default: the family's)")  # fmt: skip
     parser.add_argument("--calibration-batches", type=int, default=16,
                         help="batches over which the EMA model's BatchNorm statistics are measured before each save")  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
@@ -214,17 +215,25 @@ def _check_positive(args, *names):
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
 
 
+SAMPLING_DEFAULTS_FORMS = "'ddpm', 'ddim:STEPS', 'ddim:STEPS:ETA' or 'temperature:T'"
+
+
 def parse_sampling_defaults(text):
     """``ddim:50`` -> {"sampler": "ddim", "steps": 50, "eta": 0.0}; ``ddim:50:1`` sets eta too;
-    ``ddpm`` -> every step."""
+    ``ddpm`` -> every step; ``temperature:0.6`` -> {"temperature": 0.6} (Spiking-Diffusion's unmasking)."""
     sampler, *rest = text.split(":")
+    if sampler == "temperature" and len(rest) == 1:
+        try:
+            return {"temperature": float(rest[0])}
+        except ValueError:
+            pass
     try:
         steps = int(rest[0]) if rest else None
         eta = float(rest[1]) if len(rest) == 2 else 0.0
     except ValueError:
         steps = None
     if sampler not in ("ddpm", "ddim") or (sampler == "ddim") != (steps is not None) or len(rest) > 2:
-        raise ValueError(f"--sampling-defaults must be 'ddpm', 'ddim:STEPS' or 'ddim:STEPS:ETA', got {text!r}")
+        raise ValueError(f"--sampling-defaults must be {SAMPLING_DEFAULTS_FORMS}, got {text!r}")
     return {"sampler": sampler, "steps": steps, "eta": eta}
 
 
@@ -287,6 +296,7 @@ def _train(args, rank, world_size, device):
             raise ValueError(pipeline.requires_init)
     if args.sampling_defaults:  # on a resumed run too: what sampling works best is often known late
         sampling = parse_sampling_defaults(args.sampling_defaults)
+        check_applies(pipeline.sampling_options, sampling, pipeline.name)
         pipeline.sampling_options(**sampling)  # a family with other samplers refuses them here
         pipeline.sampling = sampling
     dataset = load_dataset(args.data, image_size=pipeline.image_shape[-1])
