@@ -105,7 +105,10 @@ class ActivityMonitor:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self.report.firing_rates = {name: activity.firing_rate for name, activity in self._activity.items()}
+        # Neurons that never ran (an encoder while sampling, say) have no rate to report.
+        self.report.firing_rates = {
+            name: activity.firing_rate for name, activity in self._activity.items() if activity.elements
+        }
 
     def _count_call(self, module, inputs, output):
         self.report.calls += 1
