@@ -201,5 +201,5 @@ def test_the_embedded_default_model_loads_and_samples(tmp_path, capsys):
     assert images.shape == (2, 1, 16, 16) and 0 <= images.min() and images.max() <= 1
     assert "sddpm-digits.safetensors" in capsys.readouterr().out
     config = json.loads((Path(sample.embedded_checkpoint("sddpm")).with_suffix(".json")).read_text())
-    assert config["model"]["preset"] == "digits" and config["training"]["step"] == 2000
+    assert config["model"]["preset"] == "digits" and config["training"]["step"] == 4000
     assert config["sampling"] == {"sampler": "ddim", "steps": 50, "eta": 1.0}

@@ -187,3 +187,14 @@ def test_the_real_command_line_reports_one_line(runs):
         "python -m spikekern.sample: error: this is a stage-1 spiking-diffusion model (the VQ-SVAE alone), which "
         "cannot generate: train stage 2 with --stage diffusion --init <its model.safetensors> and sample from that"
     )]
+
+
+def test_the_embedded_default_model_loads_and_samples(tmp_path, capsys):
+    out = tmp_path / "embedded.npy"
+    sample.main(["--model", "spiking-diffusion", "--n", "2", "--out", str(out), "--no-progress"])
+    images = np.load(out)
+    assert images.shape == (2, 1, 16, 16) and 0 <= images.min() and images.max() <= 1
+    assert "spiking-diffusion-digits.safetensors" in capsys.readouterr().out
+    config = json.loads(open(sample.embedded_checkpoint("spiking-diffusion").replace(".safetensors", ".json")).read())
+    assert config["stage"] == "diffusion" and config["model"]["preset"] == "digits"
+    assert config["training"]["step"] == 5000 and config["sampling"] == {"temperature": 0.5}
