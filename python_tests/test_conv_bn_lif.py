@@ -390,6 +390,8 @@ def test_fuse_conv_bn_lif_says_why_it_skips():
     report = fuse_conv_bn_lif(net)
     assert report["fused"] == []
     assert "step_mode='m'" in report["skipped"]["0"] and "store_v_seq" in report["skipped"]["3.0"]
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got list"):
+        fuse_conv_bn_lif([net])
 
 
 def test_module_refuses_what_it_cannot_do():

@@ -122,6 +122,8 @@ def fuse_conv_bn_lif(model: torch.nn.Module) -> dict:
     models). Returns ``{"fused": [names of the Sequentials' first layers], "skipped": {name: why}}``;
     the spikes equal the unfused run's up to folding's rounding (docs/conv_bn_lif.md).
     """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     fused, skipped = [], {}
     for prefix, container in list(model.named_modules()):
         if not isinstance(container, torch.nn.Sequential):
