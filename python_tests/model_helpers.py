@@ -24,3 +24,21 @@ def assert_spike_conv_matches_plain_conv(network_class, config):
     y1.square().sum().backward()
     y2.square().sum().backward()
     torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-4, atol=1e-6)
+
+
+def sample_embedded_default(family, out, capsys, *options):
+    """Two samples of ``family``'s embedded default written to ``out`` (.npy); checks the images and that
+    the command named the asset, and returns the asset's JSON config."""
+    import json
+
+    import numpy as np
+
+    from spikekern import sample
+
+    sample.main(["--model", family, "--n", "2", *options, "--out", str(out), "--no-progress"])
+    images = np.load(out)
+    assert images.shape == (2, 1, 16, 16) and 0 <= images.min() and images.max() <= 1
+    checkpoint = sample.embedded_checkpoint(family)
+    assert f"{family}-digits.safetensors" in capsys.readouterr().out
+    with open(checkpoint.removesuffix(".safetensors") + ".json") as file:
+        return json.load(file)

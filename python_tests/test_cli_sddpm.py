@@ -3,12 +3,13 @@ trainer itself: a loss that decreases, resume, DDP equal to one process on the w
 
 import json
 import subprocess
-from pathlib import Path
 import sys
 
 import numpy as np
 import pytest
 import torch
+
+from model_helpers import sample_embedded_default
 
 from spikekern import sample, train
 from spikekern.pipelines import SDDPMPipeline
@@ -195,11 +196,6 @@ def test_resuming_a_finished_run_only_records_new_sampling_defaults(run_dir, tmp
 
 
 def test_the_embedded_default_model_loads_and_samples(tmp_path, capsys):
-    out = tmp_path / "embedded.npy"
-    sample.main(["--n", "2", "--steps", "2", "--out", str(out), "--no-progress"])
-    images = np.load(out)
-    assert images.shape == (2, 1, 16, 16) and 0 <= images.min() and images.max() <= 1
-    assert "sddpm-digits.safetensors" in capsys.readouterr().out
-    config = json.loads((Path(sample.embedded_checkpoint("sddpm")).with_suffix(".json")).read_text())
+    config = sample_embedded_default("sddpm", tmp_path / "embedded.npy", capsys, "--steps", "2")
     assert config["model"]["preset"] == "digits" and config["training"]["step"] == 4000
     assert config["sampling"] == {"sampler": "ddim", "steps": 50, "eta": 1.0}

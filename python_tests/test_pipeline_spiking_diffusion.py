@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from model_helpers import sample_embedded_default
+
 from spikekern import sample, train
 from spikekern._cli import run_main
 from spikekern.data import load_digits_images
@@ -190,11 +192,6 @@ def test_the_real_command_line_reports_one_line(runs):
 
 
 def test_the_embedded_default_model_loads_and_samples(tmp_path, capsys):
-    out = tmp_path / "embedded.npy"
-    sample.main(["--model", "spiking-diffusion", "--n", "2", "--out", str(out), "--no-progress"])
-    images = np.load(out)
-    assert images.shape == (2, 1, 16, 16) and 0 <= images.min() and images.max() <= 1
-    assert "spiking-diffusion-digits.safetensors" in capsys.readouterr().out
-    config = json.loads(open(sample.embedded_checkpoint("spiking-diffusion").replace(".safetensors", ".json")).read())
+    config = sample_embedded_default("spiking-diffusion", tmp_path / "embedded.npy", capsys)
     assert config["stage"] == "diffusion" and config["model"]["preset"] == "digits"
     assert config["training"]["step"] == 5000 and config["sampling"] == {"temperature": 0.5}
