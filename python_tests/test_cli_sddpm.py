@@ -50,9 +50,11 @@ def _copy_of_run(run_dir, out):
 def test_resume_continues_the_step_count(run_dir, tmp_path):
     out = _copy_of_run(run_dir, tmp_path / "resumed")
     train.main(["--out", str(out), "--resume", "--steps", "6", "--batch-size", "8", "--save-every", "100",
-                "--sample-every", "100", "--sample-n", "2", "--sample-steps", "2", "--no-progress"])  # fmt: skip
+                "--sample-every", "100", "--sample-n", "2", "--sample-steps", "2", "--lr-decay-steps", "2",
+                "--no-progress"])  # fmt: skip
     config = json.loads((out / "last.json").read_text())
     assert config["training"]["step"] == 6 and config["model"]["base_channels"] == 8
+    assert config["training"]["lr_decay_steps"] == 2 and config["training"]["warmup_steps"] == 0
     commands = config["training"]["commands"]
     assert len(commands) == 2 and "--resume" in commands[1] and "--resume" not in commands[0]
 
@@ -88,6 +90,8 @@ def _cli(module, *args):
         ("spikekern.train", ["--out", "{tmp}/r", "--data", "mnist:{tmp}/nowhere"], "data set 'mnist:"),
         ("spikekern.train", ["--out", "{tmp}/r", "--steps", "0"], "--steps must be at least 1"),
         ("spikekern.train", ["--out", "{tmp}/r", "--resume"], "--resume: no checkpoint"),
+        ("spikekern.train", ["--out", "{tmp}/r", "--steps", "10", "--lr-decay-steps", "11"], "do not fit in --steps 10"),
+        ("spikekern.train", ["--out", "{tmp}/r", "--warmup-steps", "-1"], "--warmup-steps must be at least 0"),
         ("spikekern.train", ["--out", "{tmp}/r", "--preset", "sddpm-cifar10"], "choose a matching --preset"),
         ("spikekern.train", ["--out", "{tmp}/r", "--stage", "vq"], "stage: not a setting of the 'digits' network"),
         ("spikekern.sample", ["--checkpoint", "{run}", "--temperature", "0.5"], "--temperature does not apply"),
@@ -129,6 +133,25 @@ def test_training_loss_decreases_and_ema_follows():
     ema_weight = dict(trainer.ema.model.named_parameters())["stem_conv.weight"]
     assert not torch.equal(ema_weight, model.stem_conv.weight)
     assert trainer.step_count == 25
+
+
+def test_warmup_stable_decay_rates():
+    schedule = train.WarmupStableDecay(1.0, total_steps=10, warmup_steps=2, decay_steps=3)
+    assert [schedule(step) for step in range(1, 11)] == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25]
+    assert train.WarmupStableDecay(0.1, total_steps=3)(3) == 0.1
+
+
+def test_trainer_steps_at_the_scheduled_rate():
+    _, model, _ = _tiny_trainer()
+    schedule = train.WarmupStableDecay(1e-2, total_steps=4, decay_steps=2)
+    trainer = train.Trainer(SDDPMPipeline.from_preset("digits", base_channels=8, time_steps=2), model, lr=schedule,
+                            ema_decay=0.9, grad_clip=1.0, amp=False, device=torch.device("cpu"))  # fmt: skip
+    x0, t, noise = _fixed_batch()
+    rates = []
+    for _ in range(4):
+        trainer.step(x0, t=t, noise=noise)
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+    assert rates == pytest.approx([1e-2, 1e-2, 2e-2 / 3, 1e-2 / 3])
 
 
 def _ddp_worker(rank, world_size, init_file, result_file):

@@ -11,7 +11,8 @@ Writes ``OUT/last.safetensors`` (weights, EMA weights, optimizer, step: what ``-
 ``OUT/model.safetensors`` (the EMA weights, what ``python -m spikekern.sample --checkpoint`` reads), each
 with a JSON config beside it, and sample grids ``OUT/samples_<step>.png`` (none for a stage that cannot
 generate). bfloat16 autocast on GPUs (``--no-amp`` turns it off), gradient clipping, an EMA of the
-weights, a tqdm bar with the loss and images/s.
+weights, a warmup-stable-decay learning rate (``--warmup-steps``, ``--lr-decay-steps``), a tqdm bar with the
+loss and images/s.
 On resume the weights, EMA, optimizer and step continue; the data order is drawn afresh.
 """
 
@@ -58,14 +59,44 @@ class EMA:
             average.copy_(current)
 
 
+class WarmupStableDecay:
+    """The learning rate of each optimisation step: a linear warm-up over the first ``warmup_steps``, ``lr``
+    held, then a linear decay towards 0 over the last ``decay_steps`` of ``total_steps``. The held phase is
+    what lets a run be resumed and extended (``--steps`` raised) before the decay starts; the decay is what
+    the EMA weights gain most from at the end of a run."""
+
+    def __init__(self, lr, *, total_steps, warmup_steps=0, decay_steps=0):
+        if lr <= 0:
+            raise ValueError(f"--lr must be positive, got {lr}")
+        for name, value in (("--warmup-steps", warmup_steps), ("--lr-decay-steps", decay_steps)):
+            if value < 0:
+                raise ValueError(f"{name} must be at least 0, got {value}")
+        if warmup_steps + decay_steps > total_steps:
+            raise ValueError(
+                f"--warmup-steps {warmup_steps} and --lr-decay-steps {decay_steps} do not fit in --steps {total_steps}"
+            )
+        self.lr, self.total_steps, self.warmup_steps, self.decay_steps = lr, total_steps, warmup_steps, decay_steps
+
+    def __call__(self, step):
+        """The rate of step ``step`` (1 for the first); the last step of the decay still moves the weights."""
+        remaining = self.total_steps - step + 1
+        if remaining <= self.decay_steps:
+            return self.lr * remaining / (self.decay_steps + 1)
+        if step <= self.warmup_steps:
+            return self.lr * step / self.warmup_steps
+        return self.lr
+
+
 class Trainer:
-    """One optimisation step at a time: the unit the command drives and the DDP test checks."""
+    """One optimisation step at a time: the unit the command drives and the DDP test checks. ``lr`` is a
+    rate or a schedule (a callable of the 1-based step, such as ``WarmupStableDecay``)."""
 
     def __init__(self, pipeline, model, *, lr, ema_decay, grad_clip, amp, device):
         self.pipeline = pipeline
         self.model = model
         self.module = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=lr)
+        self.lr_at = lr if callable(lr) else (lambda step: lr)
+        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=self.lr_at(1))
         self.ema = EMA(self.module, ema_decay)
         if grad_clip is not None and grad_clip <= 0:
             raise ValueError(f"--grad-clip must be positive, got {grad_clip}")
@@ -83,6 +114,8 @@ class Trainer:
         loss.backward()
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step_count + 1)
         self.optimizer.step()
         self.step_count += 1
         self.ema.update(self.module, self.step_count)
@@ -186,7 +219,10 @@ def _parser():
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--steps", type=int, default=10000, help="optimisation steps in total (including resumed ones)")
     parser.add_argument("--batch-size", type=int, default=64, help="global batch size (split over DDP processes)")
-    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--lr", type=float, default=2e-4, help="peak learning rate")
+    parser.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up of the learning rate over these first steps")
+    parser.add_argument("--lr-decay-steps", type=int, default=0,
+                        help="linear decay of the learning rate to 0 over these last steps of --steps (0: none)")  # fmt: skip
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--grad-clip", type=float, default=1.0)
     parser.add_argument("--save-every", type=int, default=1000)
@@ -262,8 +298,9 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     _check_positive(args, "steps", "batch_size", "save_every", "sample_every", "sample_n", "sample_steps", "calibration_batches")
-    if args.lr <= 0:
-        raise ValueError(f"--lr must be positive, got {args.lr}")
+    args.lr_schedule = WarmupStableDecay(
+        args.lr, total_steps=args.steps, warmup_steps=args.warmup_steps, decay_steps=args.lr_decay_steps
+    )
     rank, world_size, device = _distributed_setup(args.device)
     try:
         _train(args, rank, world_size, device)
@@ -313,7 +350,7 @@ def _train(args, rank, world_size, device):
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     trainer = Trainer(
-        pipeline, model, lr=args.lr, ema_decay=args.ema_decay, grad_clip=args.grad_clip, amp=not args.no_amp,
+        pipeline, model, lr=args.lr_schedule, ema_decay=args.ema_decay, grad_clip=args.grad_clip, amp=not args.no_amp,
         device=device,
     )  # fmt: skip
     command = " ".join([PROGRAM, *map(shlex.quote, args.argv)])
@@ -386,7 +423,8 @@ def _grid_scale(pipeline):
 
 def _training_record(args, step, history, loss):
     return {
-        "step": step, "batch_size": args.batch_size, "lr": args.lr, "ema_decay": args.ema_decay,
+        "step": step, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": args.warmup_steps,
+        "lr_decay_steps": args.lr_decay_steps, "ema_decay": args.ema_decay,
         "grad_clip": args.grad_clip, "data": args.data, "seed": args.seed, "loss": loss,
         **history,
     }  # fmt: skip
