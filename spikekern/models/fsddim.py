@@ -46,7 +46,7 @@ levels, T = 4) is spikekern's, sized to train on a CPU.
 
 import itertools
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -55,7 +55,7 @@ from ..nn import Leaky
 from ..nn.stateless import AvgPool2d, Conv2d, Upsample
 from ..surrogate import Triangle
 from .layers import (
-    TimeFoldedBatchNorm, check_positive_ints, configured_preset, conv_after_neuron, sinusoidal_embedding,
+    TimeFoldedBatchNorm, UNetConfigMixin, configured_preset, conv_after_neuron, sinusoidal_embedding,
 )  # fmt: skip
 
 NEURONS = ("lif", "if", "relu")
@@ -65,7 +65,7 @@ RESIDUAL_BRANCH_ALPHA = 1 / math.sqrt(2)
 
 
 @dataclass(frozen=True)
-class FSDDIMConfig:
+class FSDDIMConfig(UNetConfigMixin):
     image_channels: int = 3
     image_size: int = 32
     base_channels: int = 128
@@ -77,30 +77,9 @@ class FSDDIMConfig:
     preset: str = field(default="", compare=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
-        check_positive_ints(self, "image_channels", "image_size", "base_channels", "num_res_blocks", "time_steps")
-        if self.base_channels % 2 or self.base_channels < 4:
-            raise ValueError(
-                f"base_channels must be even and at least 4 (it sizes the sinusoidal embedding), got {self.base_channels}"
-            )
-        if self.image_size % 2 ** (len(self.channel_mult) - 1):
-            raise ValueError(
-                f"image_size {self.image_size} must be divisible by 2^{len(self.channel_mult) - 1} "
-                f"for {len(self.channel_mult)} resolution levels"
-            )
-        if self.neuron not in NEURONS:
-            raise ValueError(f"neuron must be one of {list(NEURONS)}, got {self.neuron!r}")
-        if self.neuron == "relu" and self.time_steps != 1:
-            raise ValueError("neuron='relu' (the ANN counterpart) runs one step: time_steps must be 1")
+        self.check_unet_fields(NEURONS, min_base_channels=4)
         if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not 0.0 < self.beta <= 1.0:
             raise ValueError(f"beta (the membrane decay) must be in (0, 1], got {self.beta!r}")
-
-    def to_dict(self):
-        return asdict(self) | {"channel_mult": list(self.channel_mult)}
-
-    def ann_counterpart(self):
-        """The same layout with ReLU for the neurons and one step."""
-        return replace(self, neuron="relu", time_steps=1)
 
 
 PRESETS = {

@@ -176,3 +176,35 @@ def check_positive_ints(config, *names):
     mult = getattr(config, "channel_mult", None)
     if mult is not None and (not mult or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in mult)):
         raise ValueError(f"channel_mult must be a non-empty tuple of positive ints, got {mult!r}")
+
+
+class UNetConfigMixin:
+    """What the spiking U-Net configs (SDDPM's and FSDDIM's frozen dataclasses) share: ``channel_mult``
+    resolution levels that each halve ``image_size``, and ``neuron="relu"`` for the one-step ANN counterpart."""
+
+    def check_unet_fields(self, neurons, min_base_channels):
+        """Refuse sizes that build no U-Net and an unknown neuron; ``channel_mult`` becomes a tuple.
+        ``min_base_channels``: the smallest (even) width the model's sinusoidal embedding takes."""
+        object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
+        check_positive_ints(self, "image_channels", "image_size", "base_channels", "num_res_blocks", "time_steps")
+        if self.base_channels % 2 or self.base_channels < min_base_channels:
+            at_least = f" and at least {min_base_channels}" if min_base_channels > 2 else ""
+            raise ValueError(
+                f"base_channels must be even{at_least} (it sizes the sinusoidal embedding), got {self.base_channels}"
+            )
+        if self.image_size % 2 ** (len(self.channel_mult) - 1):
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by 2^{len(self.channel_mult) - 1} "
+                f"for {len(self.channel_mult)} resolution levels"
+            )
+        if self.neuron not in neurons:
+            raise ValueError(f"neuron must be one of {list(neurons)}, got {self.neuron!r}")
+        if self.neuron == "relu" and self.time_steps != 1:
+            raise ValueError("neuron='relu' (the ANN counterpart) runs one step: time_steps must be 1")
+
+    def to_dict(self):
+        return dataclasses.asdict(self) | {"channel_mult": list(self.channel_mult)}
+
+    def ann_counterpart(self):
+        """The same layout with ReLU for the neurons and one step: the dense baseline."""
+        return dataclasses.replace(self, neuron="relu", time_steps=1)

@@ -25,7 +25,7 @@ instead of on T identical copies (its BN then sees the same statistics), and the
 steps would repeat the same computation); ``neuron="lif"`` swaps in LIF neurons (tau 2).
 """
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -33,13 +33,13 @@ from torch import nn
 
 from ..nn.stateless import Conv2d
 from .layers import (
-    NEURONS, TimeEmbedding, TimeFoldedBatchNorm, check_positive_ints, configured_preset, conv_after_neuron,
+    NEURONS, TimeEmbedding, TimeFoldedBatchNorm, UNetConfigMixin, configured_preset, conv_after_neuron,
     make_neuron, xavier_init,
 )  # fmt: skip
 
 
 @dataclass(frozen=True)
-class SpikingUNetConfig:
+class SpikingUNetConfig(UNetConfigMixin):
     image_channels: int = 3
     image_size: int = 32
     base_channels: int = 128
@@ -51,28 +51,9 @@ class SpikingUNetConfig:
     preset: str = field(default="", compare=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
-        check_positive_ints(self, "image_channels", "image_size", "base_channels", "num_res_blocks", "time_steps")
-        if self.base_channels % 2:
-            raise ValueError(f"base_channels must be even (it sizes the sinusoidal embedding), got {self.base_channels}")
-        if self.image_size % 2 ** (len(self.channel_mult) - 1):
-            raise ValueError(
-                f"image_size {self.image_size} must be divisible by 2^{len(self.channel_mult) - 1} "
-                f"for {len(self.channel_mult)} resolution levels"
-            )
-        if self.neuron not in NEURONS:
-            raise ValueError(f"neuron must be one of {list(NEURONS)}, got {self.neuron!r}")
-        if self.neuron == "relu" and self.time_steps != 1:
-            raise ValueError("neuron='relu' (the ANN counterpart) runs one step: time_steps must be 1")
+        self.check_unet_fields(NEURONS, min_base_channels=2)
         if not 0.0 < self.readout_decay <= 1.0:
             raise ValueError(f"readout_decay must be in (0, 1], got {self.readout_decay}")
-
-    def to_dict(self):
-        return asdict(self) | {"channel_mult": list(self.channel_mult)}
-
-    def ann_counterpart(self):
-        """The same layout with ReLU for the neurons and one step: the dense baseline of the paper."""
-        return replace(self, neuron="relu", time_steps=1)
 
 
 PRESETS = {

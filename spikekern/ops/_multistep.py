@@ -10,6 +10,9 @@ import math
 import torch
 from torch import Tensor
 
+from ._dispatch import check_backend_name
+from .surrogate import resolve_surrogate
+
 STATE_NONE, STATE_FLOAT, STATE_BF16, STATE_INPUT = 0, 1, 2, 3
 # Up to this many steps the backward kernels re-run the forward from the saved input in registers,
 # so the forward writes nothing but spikes; longer sequences save the charge instead.
@@ -44,6 +47,23 @@ def new_state(x_seq, state_mode):
     return torch.empty(
         state_shape(x_seq.shape, state_mode), dtype=state_dtype(x_seq.dtype, state_mode), device=x_seq.device
     )
+
+
+def unpack_state(state, state_mode, threshold, cdtype, fires_at_threshold):
+    """(charge, charge - threshold, spike) of every step, from the state saved in mode 1 (the charge) or
+    2 (the margin in bfloat16: rounding keeps its sign, so the sign bit is the spike; NaN never fired).
+
+    ``fires_at_threshold``: whether a charge equal to the threshold spikes (SpikingJelly) or not (snnTorch).
+    """
+    if state_mode == STATE_FLOAT:
+        charge = state
+        margin = charge - threshold
+        spike = margin >= 0 if fires_at_threshold else margin > 0
+    else:
+        margin = state.to(cdtype)
+        charge = margin + threshold
+        spike = ~torch.signbit(margin) & ~torch.isnan(margin)
+    return charge, margin, spike.to(cdtype)
 
 
 def as_rows(t, time_steps):
@@ -118,3 +138,12 @@ def check_initial_membrane(name, value, x_seq, kind="a torch.Tensor", dtypes=Non
 
 def needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def resolve_run_options(x_seq, parameters, surrogate, alpha, compact_state, backend):
+    """Checks the options every multi-step op takes, in this order; returns ``(surrogate id, alpha,
+    state mode)``, the state mode saving for backward only if a gradient can reach x_seq or a parameter."""
+    check_bool("compact_state", compact_state)
+    check_backend_name(backend)
+    surrogate_id, alpha = resolve_surrogate(surrogate, alpha)
+    return surrogate_id, alpha, choose_state_mode(needs_grad(x_seq, *parameters), compact_state, x_seq.shape[0])

@@ -10,28 +10,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._dispatch import check_backend_name, select_backend
-from ._multistep import (
-    STATE_BF16,
-    STATE_FLOAT,
-    STATE_INPUT,
-    STATE_NONE,
-    as_row,
-    as_rows,
-    check_bool,
-    check_finite_float,
-    check_initial_membrane,
-    check_input_sequence,
-    check_tensor_argument,
-    choose_state_mode,
-    compute_dtype,
-    needs_grad,
-    new_state,
-    run,
-    state_dtype,
-    state_shape,
-)
-from .surrogate import resolve_surrogate, surrogate_gradient
+from . import _multistep as ms
+from ._dispatch import select_backend
+from .surrogate import surrogate_gradient
 
 # snnTorch's SpikingNeuron.reset_dict: the same names and ids.
 RESET_SUBTRACT, RESET_ZERO, RESET_NONE = 0, 1, 2
@@ -76,37 +57,24 @@ def _compact_margin(margin):
     return torch.where(margin > 0, margin, -margin.abs())
 
 
-def _unpack_state(state, state_mode, threshold, cdtype):
-    """(membrane, membrane - threshold, spike) of every step, from the saved state."""
-    if state_mode == STATE_FLOAT:
-        mem = state
-        margin = mem - threshold
-        spike = margin > 0
-    else:
-        margin = state.to(cdtype)
-        mem = margin + threshold
-        spike = ~torch.signbit(margin) & ~torch.isnan(margin)
-    return mem, margin, spike.to(cdtype)
-
-
 def reference_forward(x_seq, mem_init, beta, threshold, reset_mechanism, output_mem_seq, state_mode):
-    cdtype = compute_dtype(x_seq.dtype)
+    cdtype = ms.compute_dtype(x_seq.dtype)
     x = x_seq.to(cdtype)
     mem = _initial_membrane(mem_init, x.shape[1:], cdtype, x.device)
     decay = _decay(beta, cdtype)
     threshold = threshold.to(cdtype)
     spikes = torch.empty_like(x_seq)
     mem_seq = torch.empty(x.shape if output_mem_seq else (0,), dtype=x_seq.dtype, device=x.device)
-    state = new_state(x_seq, state_mode)
+    state = ms.new_state(x_seq, state_mode)
     for t in range(x.shape[0]):
         mem = _leaky_step(x[t], mem, decay, threshold, reset_mechanism)
         margin = mem - threshold
         spikes[t] = margin > 0
         if output_mem_seq:
             mem_seq[t] = mem
-        if state_mode == STATE_FLOAT:
+        if state_mode == ms.STATE_FLOAT:
             state[t] = mem
-        elif state_mode == STATE_BF16:
+        elif state_mode == ms.STATE_BF16:
             state[t] = _compact_margin(margin)
     return spikes, mem_seq if output_mem_seq else mem.to(x_seq.dtype), state
 
@@ -116,13 +84,13 @@ def reference_backward(
     state_mode, beta_grad, threshold_grad,
 ):  # fmt: skip
     x_dtype = grad_spike.dtype
-    cdtype = compute_dtype(x_dtype)
-    if state_mode == STATE_INPUT:
-        _, _, state = reference_forward(state, mem_init, beta, threshold, reset_mechanism, False, STATE_FLOAT)
-        state_mode = STATE_FLOAT
+    cdtype = ms.compute_dtype(x_dtype)
+    if state_mode == ms.STATE_INPUT:
+        _, _, state = reference_forward(state, mem_init, beta, threshold, reset_mechanism, False, ms.STATE_FLOAT)
+        state_mode = ms.STATE_FLOAT
     decay = _decay(beta, cdtype)
     threshold = threshold.to(cdtype)
-    mem_seq, margin_seq, spike_seq = _unpack_state(state, state_mode, threshold, cdtype)
+    mem_seq, margin_seq, spike_seq = ms.unpack_state(state, state_mode, threshold, cdtype, fires_at_threshold=False)
     mem_first = _initial_membrane(mem_init, grad_spike.shape[1:], cdtype, grad_spike.device)
     # Step t starts from mem[t-1] and resets on its spike (for t = 0: the initial membrane's).
     mem_prev_seq = torch.cat([mem_first[None], mem_seq])[:-1]
@@ -164,7 +132,7 @@ def reference_backward(
 
 def _as_mem_rows(mem, steps, output_mem_seq):
     """The membrane output (or its gradient) as ``[T, M]`` or ``[M]``."""
-    return as_rows(mem, steps) if output_mem_seq and mem is not None else as_row(mem)
+    return ms.as_rows(mem, steps) if output_mem_seq and mem is not None else ms.as_row(mem)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,14 +155,14 @@ def leaky_forward(
     if x_seq.numel() == 0:
         return reference_forward(x_seq, mem_init, beta, threshold, reset_mechanism, output_mem_seq, state_mode)
     steps = x_seq.shape[0]
-    spikes, mem_out, state = run(
-        select_backend(backend, x_seq), "leaky_forward", reference_forward, as_rows(x_seq, steps),
-        as_row(mem_init), as_row(beta), threshold, reset_mechanism, output_mem_seq, state_mode,
+    spikes, mem_out, state = ms.run(
+        select_backend(backend, x_seq), "leaky_forward", reference_forward, ms.as_rows(x_seq, steps),
+        ms.as_row(mem_init), ms.as_row(beta), threshold, reset_mechanism, output_mem_seq, state_mode,
     )  # fmt: skip
     return (
         spikes.view(x_seq.shape),
         mem_out.view(mem_output_shape(x_seq.shape, output_mem_seq)),
-        state.view(state_shape(x_seq.shape, state_mode)),
+        state.view(ms.state_shape(x_seq.shape, state_mode)),
     )
 
 
@@ -203,7 +171,7 @@ def _(x_seq, mem_init, beta, threshold, reset_mechanism, surrogate, alpha, outpu
     return (
         x_seq.new_empty(x_seq.shape),
         x_seq.new_empty(mem_output_shape(x_seq.shape, output_mem_seq)),
-        x_seq.new_empty(state_shape(x_seq.shape, state_mode), dtype=state_dtype(x_seq.dtype, state_mode)),
+        x_seq.new_empty(ms.state_shape(x_seq.shape, state_mode), dtype=ms.state_dtype(x_seq.dtype, state_mode)),
     )
 
 
@@ -217,7 +185,7 @@ def leaky_backward(
     ``beta_grad`` / ``threshold_grad``). ``state`` is the forward's state output, or ``x_seq`` itself
     for state_mode 3.
     """
-    if state_mode == STATE_NONE:
+    if state_mode == ms.STATE_NONE:
         raise RuntimeError("spikekern::leaky_backward needs the state saved by a forward with state_mode != 0")
     args = (reset_mechanism, surrogate, alpha, output_mem_seq, state_mode, beta_grad, threshold_grad)
     if grad_spike.numel() == 0:
@@ -226,10 +194,10 @@ def leaky_backward(
         )
     else:
         steps = grad_spike.shape[0]
-        grad_x, grad_mem_init, decay_partials, threshold_partials = run(
-            select_backend(backend, grad_spike), "leaky_backward", reference_backward, as_rows(grad_spike, steps),
-            _as_mem_rows(grad_mem, steps, output_mem_seq), as_rows(state, steps), as_row(mem_init),
-            as_row(beta), threshold, *args,
+        grad_x, grad_mem_init, decay_partials, threshold_partials = ms.run(
+            select_backend(backend, grad_spike), "leaky_backward", reference_backward, ms.as_rows(grad_spike, steps),
+            _as_mem_rows(grad_mem, steps, output_mem_seq), ms.as_rows(state, steps), ms.as_row(mem_init),
+            ms.as_row(beta), threshold, *args,
         )  # fmt: skip
     grad_beta = beta.new_empty(0)
     if beta_grad:
@@ -258,7 +226,7 @@ def _setup_context(ctx, inputs, output):
     x_seq, mem_init, beta, threshold, *params, backend = inputs
     ctx.mark_non_differentiable(output[2])
     state_mode = params[-1]
-    ctx.save_for_backward(x_seq if state_mode == STATE_INPUT else output[2], mem_init, beta, threshold)
+    ctx.save_for_backward(x_seq if state_mode == ms.STATE_INPUT else output[2], mem_init, beta, threshold)
     ctx.params = params
     ctx.backend = backend
 
@@ -288,11 +256,11 @@ leaky_forward.register_autograd(_backward, setup_context=_setup_context)
 
 def _parameter_tensor(name, value, x_seq):
     """A float or a tensor as a tensor in the compute dtype (a differentiable cast), on x_seq's device."""
-    dtype = compute_dtype(x_seq.dtype)
+    dtype = ms.compute_dtype(x_seq.dtype)
     if isinstance(value, Tensor):
-        check_tensor_argument(name, value, x_seq)
+        ms.check_tensor_argument(name, value, x_seq)
         return value.to(dtype)
-    check_finite_float(name, value)
+    ms.check_finite_float(name, value)
     # torch.full, not torch.tensor: a fill kernel rather than a host-to-device copy (CUDA-graph safe).
     return torch.full((1,), float(value), dtype=dtype, device=x_seq.device)
 
@@ -357,16 +325,15 @@ def leaky_multistep(
     x_seq's dtype. Gradients flow to x_seq, mem_init, beta and threshold. Semantics, saved memory and
     the NaN/Inf policy: docs/leaky_op.md.
     """
-    check_input_sequence(x_seq)
+    ms.check_input_sequence(x_seq)
     beta = _beta_argument(beta, x_seq)
     threshold = _threshold_argument(threshold, x_seq)
-    mem_init = check_initial_membrane("mem_init", mem_init, x_seq)
+    mem_init = ms.check_initial_membrane("mem_init", mem_init, x_seq)
     reset_id = _reset_mechanism_id(reset_mechanism)
-    check_bool("output_mem_seq", output_mem_seq)
-    check_bool("compact_state", compact_state)
-    check_backend_name(backend)
-    surrogate_id, alpha = resolve_surrogate(surrogate, alpha)
-    state_mode = choose_state_mode(needs_grad(x_seq, mem_init, beta, threshold), compact_state, x_seq.shape[0])
+    ms.check_bool("output_mem_seq", output_mem_seq)
+    surrogate_id, alpha, state_mode = ms.resolve_run_options(
+        x_seq, (mem_init, beta, threshold), surrogate, alpha, compact_state, backend
+    )
     spikes, mem, _ = torch.ops.spikekern.leaky_forward(
         x_seq, mem_init, beta, threshold, reset_id, surrogate_id, alpha, output_mem_seq, state_mode, backend or ""
     )

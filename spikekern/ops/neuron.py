@@ -11,29 +11,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._dispatch import check_backend_name, select_backend
-from ._multistep import (
-    FLOATING_DTYPES,
-    STATE_BF16,
-    STATE_FLOAT,
-    STATE_INPUT,
-    STATE_NONE,
-    as_row,
-    as_rows,
-    check_bool,
-    check_finite_float,
-    check_initial_membrane,
-    check_input_sequence,
-    check_tensor_argument,
-    choose_state_mode,
-    compute_dtype,
-    needs_grad,
-    new_state,
-    run,
-    state_dtype,
-    state_shape,
-)
-from .surrogate import resolve_surrogate, surrogate_gradient
+from . import _multistep as ms
+from ._dispatch import select_backend
+from .surrogate import surrogate_gradient
 
 NEURON_IF, NEURON_LIF, NEURON_PLIF = 0, 1, 2
 
@@ -69,33 +49,19 @@ def _initial_v(v_init, shape, dtype, device, v_reset):
 
 def _decay_factor(w, x_dtype):
     """PLIF's ``k = sigmoid(w)``, computed in w's dtype like SpikingJelly, widened to the compute dtype."""
-    return torch.sigmoid(w).reshape(1).to(compute_dtype(x_dtype))
-
-
-def _unpack_state(state, state_mode, v_threshold, cdtype):
-    """(h, h - v_threshold, spike) recovered from the saved state."""
-    if state_mode == STATE_FLOAT:
-        h = state
-        shifted = h - v_threshold
-        spike = shifted >= 0
-    else:
-        shifted = state.to(cdtype)
-        h = shifted + v_threshold
-        # Rounding to bfloat16 keeps the sign, so the sign bit is the spike (NaN never fired).
-        spike = ~torch.signbit(shifted) & ~torch.isnan(shifted)
-    return h, shifted, spike.to(cdtype)
+    return torch.sigmoid(w).reshape(1).to(ms.compute_dtype(x_dtype))
 
 
 def reference_forward(
     x_seq, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, store_v_seq, state_mode
 ):
-    cdtype = compute_dtype(x_seq.dtype)
+    cdtype = ms.compute_dtype(x_seq.dtype)
     x = x_seq.to(cdtype)
     v = _initial_v(v_init, x.shape[1:], cdtype, x.device, v_reset)
     tau = torch.tensor(tau, dtype=cdtype, device=x.device)
     decay = None if decay is None else decay.to(cdtype)
     spikes = torch.empty_like(x_seq)
-    state = new_state(x_seq, state_mode)
+    state = ms.new_state(x_seq, state_mode)
     v_seq = x_seq.new_empty(_v_seq_shape(x.shape, store_v_seq))
     for t in range(x.shape[0]):
         h = _charge(x[t], v, neuron_kind, tau, decay, decay_input, v_reset)
@@ -104,9 +70,9 @@ def reference_forward(
         spikes[t] = spike
         if store_v_seq:
             v_seq[t] = v
-        if state_mode == STATE_FLOAT:
+        if state_mode == ms.STATE_FLOAT:
             state[t] = h
-        elif state_mode == STATE_BF16:
+        elif state_mode == ms.STATE_BF16:
             state[t] = (h - v_threshold) + 0.0  # -0 (fired) becomes +0: the sign bit is the spike
     return spikes, v.to(x_seq.dtype), state, v_seq
 
@@ -116,13 +82,13 @@ def reference_backward(
     soft_reset, detach_reset, surrogate, alpha, state_mode,
 ):  # fmt: skip
     x_dtype = grad_spike.dtype
-    cdtype = compute_dtype(x_dtype)
-    if state_mode == STATE_INPUT:
+    cdtype = ms.compute_dtype(x_dtype)
+    if state_mode == ms.STATE_INPUT:
         _, _, state, _ = reference_forward(
-            state, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, False, STATE_FLOAT
+            state, v_init, decay, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, False, ms.STATE_FLOAT
         )
-        state_mode = STATE_FLOAT
-    h_seq, shifted_seq, spike_seq = _unpack_state(state, state_mode, v_threshold, cdtype)
+        state_mode = ms.STATE_FLOAT
+    h_seq, shifted_seq, spike_seq = ms.unpack_state(state, state_mode, v_threshold, cdtype, fires_at_threshold=True)
     surrogate_seq = surrogate_gradient(shifted_seq, surrogate, alpha)
     grad_spike = grad_spike.to(cdtype)
     shape = state.shape[1:]
@@ -182,14 +148,14 @@ def neuron_forward(
     args = (decay, neuron_kind, tau, decay_input, v_threshold, v_reset, soft_reset, store_v_seq, state_mode)
     if x_seq.numel() == 0:
         return reference_forward(x_seq, v_init, *args)
-    spikes, v_last, state, v_seq = run(
-        select_backend(backend, x_seq), "neuron_forward", reference_forward, as_rows(x_seq, steps), as_row(v_init),
-        *args,
+    spikes, v_last, state, v_seq = ms.run(
+        select_backend(backend, x_seq), "neuron_forward", reference_forward, ms.as_rows(x_seq, steps),
+        ms.as_row(v_init), *args,
     )  # fmt: skip
     return (
         spikes.view(x_seq.shape),
         v_last.view(x_seq.shape[1:]),
-        state.view(state_shape(x_seq.shape, state_mode)),
+        state.view(ms.state_shape(x_seq.shape, state_mode)),
         v_seq.view(_v_seq_shape(x_seq.shape, store_v_seq)),
     )
 
@@ -199,7 +165,7 @@ def _(x_seq, v_init, w, neuron_kind, tau, decay_input, v_threshold, v_reset, sof
     return (
         x_seq.new_empty(x_seq.shape),
         x_seq.new_empty(x_seq.shape[1:]),
-        x_seq.new_empty(state_shape(x_seq.shape, state_mode), dtype=state_dtype(x_seq.dtype, state_mode)),
+        x_seq.new_empty(ms.state_shape(x_seq.shape, state_mode), dtype=ms.state_dtype(x_seq.dtype, state_mode)),
         x_seq.new_empty(_v_seq_shape(x_seq.shape, store_v_seq)),
     )
 
@@ -216,7 +182,7 @@ def neuron_backward(
     ``grad_v_seq`` is the gradient w.r.t. the forward's ``v_seq`` (None when it was not stored).
     ``state`` is the forward's state output, or ``x_seq`` itself for state_mode 3.
     """
-    if state_mode == STATE_NONE:
+    if state_mode == ms.STATE_NONE:
         raise RuntimeError("spikekern::neuron_backward needs the state saved by a forward with state_mode != 0")
     decay = _decay_factor(w, grad_spike.dtype) if neuron_kind == NEURON_PLIF else None
     steps = grad_spike.shape[0]
@@ -226,10 +192,11 @@ def neuron_backward(
             grad_spike, grad_v_last, grad_v_seq, state, v_init, decay, *args
         )
     else:
-        grad_x, grad_v_init, plif_partials = run(
-            select_backend(backend, grad_spike), "neuron_backward", reference_backward, as_rows(grad_spike, steps),
-            as_row(grad_v_last), None if grad_v_seq is None else as_rows(grad_v_seq, steps), as_rows(state, steps),
-            as_row(v_init), decay, *args,
+        grad_x, grad_v_init, plif_partials = ms.run(
+            select_backend(backend, grad_spike), "neuron_backward", reference_backward,
+            ms.as_rows(grad_spike, steps), ms.as_row(grad_v_last),
+            None if grad_v_seq is None else ms.as_rows(grad_v_seq, steps), ms.as_rows(state, steps),
+            ms.as_row(v_init), decay, *args,
         )  # fmt: skip
     grad_x = grad_x.view(grad_spike.shape)
     grad_v_init = grad_v_init.view(grad_spike.shape[1:])
@@ -252,7 +219,7 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(state)
     if not store_v_seq:
         ctx.mark_non_differentiable(v_seq)
-    ctx.save_for_backward(x_seq if state_mode == STATE_INPUT else state, v_init, w)
+    ctx.save_for_backward(x_seq if state_mode == ms.STATE_INPUT else state, v_init, w)
     ctx.backward_scalars = (*params, state_mode)  # neuron_backward's arguments from neuron_kind on
     ctx.store_v_seq = store_v_seq
     ctx.backend = backend
@@ -284,10 +251,10 @@ neuron_forward.register_autograd(_backward, setup_context=_setup_context)
 
 def _check_tensors(x_seq, v_init, w):
     """Checks the tensors; returns v_init in x_seq's dtype."""
-    check_input_sequence(x_seq)
-    v_init = check_initial_membrane("v_init", v_init, x_seq, "None or a torch.Tensor", FLOATING_DTYPES)
+    ms.check_input_sequence(x_seq)
+    v_init = ms.check_initial_membrane("v_init", v_init, x_seq, "None or a torch.Tensor", ms.FLOATING_DTYPES)
     if w is not None:
-        check_tensor_argument("w", w, x_seq, dtypes=FLOATING_DTYPES)
+        ms.check_tensor_argument("w", w, x_seq, dtypes=ms.FLOATING_DTYPES)
         if w.numel() != 1:
             raise ValueError(f"w must hold one value (the shared decay parameter), got shape {tuple(w.shape)}")
     return v_init
@@ -298,15 +265,14 @@ def _neuron_multistep(
     store_v_seq, compact_state, backend,
 ):  # fmt: skip
     v_init = _check_tensors(x_seq, v_init, w)
-    check_finite_float("v_threshold", v_threshold)
-    check_finite_float("v_reset", v_reset, allow_none=True)
-    check_bool("decay_input", decay_input)
-    check_bool("detach_reset", detach_reset)
-    check_bool("store_v_seq", store_v_seq)
-    check_bool("compact_state", compact_state)
-    check_backend_name(backend)
-    surrogate_id, alpha = resolve_surrogate(surrogate, alpha)
-    state_mode = choose_state_mode(needs_grad(x_seq, v_init, w), compact_state, x_seq.shape[0])
+    ms.check_finite_float("v_threshold", v_threshold)
+    ms.check_finite_float("v_reset", v_reset, allow_none=True)
+    ms.check_bool("decay_input", decay_input)
+    ms.check_bool("detach_reset", detach_reset)
+    ms.check_bool("store_v_seq", store_v_seq)
+    surrogate_id, alpha, state_mode = ms.resolve_run_options(
+        x_seq, (v_init, w), surrogate, alpha, compact_state, backend
+    )
     spikes, v_last, _, v_seq = torch.ops.spikekern.neuron_forward(
         x_seq, v_init, w, neuron_kind, float(tau), decay_input, float(v_threshold),
         0.0 if v_reset is None else float(v_reset), v_reset is None, detach_reset, surrogate_id, alpha,
@@ -350,7 +316,7 @@ def lif_multistep(
     x_seq, v_init=None, tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0, detach_reset=False,
     surrogate="sigmoid", alpha=None, store_v_seq=False, compact_state=False, backend=None,
 ):  # fmt: skip
-    check_finite_float("tau", tau)
+    ms.check_finite_float("tau", tau)
     if tau <= 1:
         raise ValueError(f"tau must be > 1 (the membrane decays by 1/tau per step), got {tau}")
     return _neuron_multistep(

@@ -11,17 +11,8 @@ import triton.language as tl
 
 from .._multistep import new_state
 from ..leaky import mem_output_shape
-from ._common import (
-    BLOCK,
-    NUM_WARPS,
-    _backward_launch,
-    _from_bf16_bits,
-    _initial_membrane,
-    _input_tile,
-    _row,
-    _state_view,
-    _to_bf16_bits,
-)
+from . import _common as common
+from ._common import BLOCK, NUM_WARPS  # also read off this module by the AOT compile tests
 from .surrogate import surrogate_gradient
 
 
@@ -50,24 +41,6 @@ def _leaky_step(x, mem, decay, threshold, RESET: tl.constexpr):
 
 
 @triton.jit
-def _saved_step(state_ptr, offsets, mask, mem_tile, steps, t, threshold, STATE_MODE: tl.constexpr):
-    """(mem, mem - threshold, spike as float) of step t, from the saved state or the recomputed tile."""
-    if STATE_MODE == 2:
-        margin = _from_bf16_bits(tl.load(state_ptr + offsets, mask=mask, other=0))
-        mem = margin + threshold
-        # The forward set the sign bit exactly where the neuron did not fire; a NaN never fired.
-        spike = ((margin.to(tl.int32, bitcast=True) >= 0) & (margin == margin)).to(tl.float32)
-    else:
-        if STATE_MODE == 1:
-            mem = tl.load(state_ptr + offsets, mask=mask, other=0.0)
-        else:
-            mem = _row(mem_tile, steps, t)
-        margin = mem - threshold
-        spike = (margin > 0).to(tl.float32)
-    return mem, margin, spike
-
-
-@triton.jit
 def _forward_kernel(
     x_ptr, mem_init_ptr, beta_ptr, threshold_ptr, spike_ptr, mem_out_ptr, state_ptr, T, M,
     RESET: tl.constexpr, PER_NEURON_BETA: tl.constexpr, HAS_MEM_INIT: tl.constexpr,
@@ -75,7 +48,7 @@ def _forward_kernel(
 ):  # fmt: skip
     neurons = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = neurons < M
-    mem = _initial_membrane(mem_init_ptr, neurons, mask, 0.0, HAS_MEM_INIT, BLOCK)
+    mem = common.initial_membrane(mem_init_ptr, neurons, mask, 0.0, HAS_MEM_INIT, BLOCK)
     decay = _decay(beta_ptr, neurons, mask, PER_NEURON_BETA)
     threshold = tl.load(threshold_ptr)
     offsets = neurons
@@ -91,7 +64,7 @@ def _forward_kernel(
         elif STATE_MODE == 2:
             # Sign bit set <=> no spike, so that bfloat16 rounding a tiny margin to zero keeps the spike.
             compact = tl.where(margin > 0, margin, -tl.abs(margin))
-            tl.store(state_ptr + offsets, _to_bf16_bits(compact), mask=mask)
+            tl.store(state_ptr + offsets, common.to_bf16_bits(compact), mask=mask)
         offsets += M
     if not OUTPUT_MEM_SEQ:
         tl.store(mem_out_ptr + neurons, mem.to(mem_out_ptr.dtype.element_ty), mask=mask)
@@ -110,7 +83,7 @@ def _backward_kernel(
     mask = neurons < M
     decay = _decay(beta_ptr, neurons, mask, PER_NEURON_BETA)
     threshold = tl.load(threshold_ptr)
-    mem_first = _initial_membrane(mem_init_ptr, neurons, mask, 0.0, HAS_MEM_INIT, BLOCK)
+    mem_first = common.initial_membrane(mem_init_ptr, neurons, mask, 0.0, HAS_MEM_INIT, BLOCK)
     reset_first = (mem_first - threshold > 0).to(tl.float32)
     if HAS_GRAD_MEM and not OUTPUT_MEM_SEQ:
         grad_carry = tl.load(grad_mem_ptr + neurons, mask=mask, other=0.0).to(tl.float32)
@@ -120,23 +93,24 @@ def _backward_kernel(
     mem_tile = tl.zeros([T_PAD, BLOCK], dtype=tl.float32)
     if STATE_MODE == 3:
         # state_ptr is x_seq: re-run the forward (the same operations, so the same membranes) into registers.
-        x_tile = _input_tile(state_ptr, neurons, mask, steps, T, M)
+        x_tile = common.input_tile(state_ptr, neurons, mask, steps, T, M)
         mem = mem_first
         for t in range(T):
-            mem = _leaky_step(_row(x_tile, steps, t), mem, decay, threshold, RESET)
+            mem = _leaky_step(common.row(x_tile, steps, t), mem, decay, threshold, RESET)
             mem_tile = tl.where(steps == t, mem[None, :], mem_tile)
     decay_sum = tl.zeros([BLOCK], dtype=tl.float32)
     threshold_sum = tl.zeros([BLOCK], dtype=tl.float32)
     offsets = neurons + (T - 1).to(tl.int64) * M
     # Step t-1 is prefetched while handling step t (it gives step t's reset), so each step is read once.
-    mem_prev, margin_prev, spike_prev = _saved_step(
-        state_ptr, offsets, mask, mem_tile, steps, T - 1, threshold, STATE_MODE
+    mem_prev, margin_prev, spike_prev = common.saved_step(
+        state_ptr, offsets, mask, mem_tile, steps, T - 1, threshold, STATE_MODE, FIRES_AT_THRESHOLD=False
     )
     for i in range(T):
         margin = margin_prev
         has_prev = offsets >= M  # step t > 0
-        mem_prev, margin_prev, spike_prev = _saved_step(
-            state_ptr, offsets - M, mask & has_prev, mem_tile, steps, T - 2 - i, threshold, STATE_MODE
+        mem_prev, margin_prev, spike_prev = common.saved_step(
+            state_ptr, offsets - M, mask & has_prev, mem_tile, steps, T - 2 - i, threshold, STATE_MODE,
+            FIRES_AT_THRESHOLD=False,
         )
         mem_before = tl.where(has_prev, mem_prev, mem_first)
         reset = tl.where(has_prev, spike_prev, reset_first)
@@ -177,7 +151,8 @@ def leaky_forward(x_seq, mem_init, beta, threshold, reset_mechanism, output_mem_
     mem_out = x_seq.new_empty(mem_output_shape(x_seq.shape, output_mem_seq))
     state = new_state(x_seq, state_mode)
     _forward_kernel[(triton.cdiv(neurons, BLOCK),)](
-        x_seq, mem_init, beta, threshold, spikes, mem_out, _state_view(state, state_mode), x_seq.shape[0], neurons,
+        x_seq, mem_init, beta, threshold, spikes, mem_out, common.state_view(state, state_mode), x_seq.shape[0],
+        neurons,
         RESET=reset_mechanism, PER_NEURON_BETA=beta.numel() != 1, HAS_MEM_INIT=mem_init is not None,
         OUTPUT_MEM_SEQ=output_mem_seq, STATE_MODE=state_mode, BLOCK=BLOCK,
         num_warps=NUM_WARPS, enable_fp_fusion=False,  # no FMA contraction: bit-exact with the reference
@@ -190,7 +165,7 @@ def leaky_backward(
     state_mode, beta_grad, threshold_grad,
 ):  # fmt: skip
     steps, neurons = grad_spike.shape
-    steps_padded, block, grid = _backward_launch(steps, neurons, state_mode)
+    steps_padded, block, grid = common.backward_launch(steps, neurons, state_mode)
     per_neuron_beta = beta.numel() != 1
     grad_x = torch.empty_like(grad_spike)
     grad_mem_init = grad_spike.new_empty(neurons)
@@ -198,7 +173,7 @@ def leaky_backward(
     decay_partials = torch.empty((neurons if per_neuron_beta else grid[0]) if beta_grad else 0, **partial_options)
     threshold_partials = torch.empty(grid[0] if threshold_grad else 0, **partial_options)
     _backward_kernel[grid](
-        grad_spike, grad_mem, _state_view(state, state_mode), mem_init, beta, threshold,
+        grad_spike, grad_mem, common.state_view(state, state_mode), mem_init, beta, threshold,
         grad_x, grad_mem_init, decay_partials, threshold_partials,
         steps, neurons, alpha,
         RESET=reset_mechanism, SURROGATE=surrogate, PER_NEURON_BETA=per_neuron_beta,

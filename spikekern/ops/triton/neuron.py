@@ -11,17 +11,8 @@ import triton.language as tl
 
 from .._multistep import new_state
 from ..neuron import NEURON_PLIF
-from ._common import (
-    BLOCK,
-    NUM_WARPS,
-    _backward_launch,
-    _from_bf16_bits,
-    _initial_membrane,
-    _input_tile,
-    _row,
-    _state_view,
-    _to_bf16_bits,
-)
+from . import _common as common
+from ._common import BLOCK, NUM_WARPS  # also read off this module by the AOT compile tests
 from .surrogate import surrogate_gradient
 
 
@@ -52,24 +43,6 @@ def _reset(h, spike, v_threshold, v_reset, SOFT_RESET: tl.constexpr):
 
 
 @triton.jit
-def _load_state(state_ptr, offsets, mask, charge_tile, steps, t, v_threshold, STATE_MODE: tl.constexpr):
-    """(h, h - v_threshold, spike as float) of step t, from the saved state or the recomputed tile."""
-    if STATE_MODE == 1 or STATE_MODE == 3:
-        if STATE_MODE == 1:
-            h = tl.load(state_ptr + offsets, mask=mask, other=0.0)
-        else:
-            h = _row(charge_tile, steps, t)
-        shifted = h - v_threshold
-        spike = (shifted >= 0).to(tl.float32)
-    else:
-        shifted = _from_bf16_bits(tl.load(state_ptr + offsets, mask=mask, other=0))
-        h = shifted + v_threshold
-        # The sign bit is the spike: rounding to bfloat16 never flips it; NaN never fired.
-        spike = ((shifted.to(tl.int32, bitcast=True) >= 0) & (shifted == shifted)).to(tl.float32)
-    return h, shifted, spike
-
-
-@triton.jit
 def _forward_kernel(
     x_ptr, v_init_ptr, decay_ptr, spike_ptr, v_last_ptr, state_ptr, v_seq_ptr,
     T, M, tau, v_threshold, v_reset,
@@ -78,7 +51,7 @@ def _forward_kernel(
 ):  # fmt: skip
     neurons = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = neurons < M
-    v = _initial_membrane(v_init_ptr, neurons, mask, v_reset, HAS_V_INIT, BLOCK)
+    v = common.initial_membrane(v_init_ptr, neurons, mask, v_reset, HAS_V_INIT, BLOCK)
     k = 0.0
     if NEURON_KIND == 2:
         k = tl.load(decay_ptr)
@@ -95,7 +68,7 @@ def _forward_kernel(
             tl.store(state_ptr + offsets, h, mask=mask)
         elif STATE_MODE == 2:
             # + 0.0 turns a -0 margin (which fired) into +0: the stored sign bit is the spike.
-            tl.store(state_ptr + offsets, _to_bf16_bits(h - v_threshold + 0.0), mask=mask)
+            tl.store(state_ptr + offsets, common.to_bf16_bits(h - v_threshold + 0.0), mask=mask)
         offsets += M
     tl.store(v_last_ptr + neurons, v.to(v_last_ptr.dtype.element_ty), mask=mask)
 
@@ -122,28 +95,29 @@ def _backward_kernel(
         k = 1.0 / tau
     else:
         k = tl.load(decay_ptr)
-    v_first = _initial_membrane(v_init_ptr, neurons, mask, v_reset, HAS_V_INIT, BLOCK)
+    v_first = common.initial_membrane(v_init_ptr, neurons, mask, v_reset, HAS_V_INIT, BLOCK)
     plif_sum = tl.zeros([BLOCK], dtype=tl.float32)
     steps = tl.arange(0, T_PAD)[:, None]
     charge_tile = tl.zeros([T_PAD, BLOCK], dtype=tl.float32)
     if STATE_MODE == 3:
         # state_ptr is x_seq: re-run the forward (the same operations, so the same charges) into registers.
-        x_tile = _input_tile(state_ptr, neurons, mask, steps, T, M)
+        x_tile = common.input_tile(state_ptr, neurons, mask, steps, T, M)
         v = v_first
         for t in range(T):
-            h = _charge(_row(x_tile, steps, t), v, k, tau, v_reset, NEURON_KIND, DECAY_INPUT)
+            h = _charge(common.row(x_tile, steps, t), v, k, tau, v_reset, NEURON_KIND, DECAY_INPUT)
             v = _reset(h, (h - v_threshold >= 0).to(tl.float32), v_threshold, v_reset, SOFT_RESET)
             charge_tile = tl.where(steps == t, h[None, :], charge_tile)
     offsets = neurons + (T - 1).to(tl.int64) * M
     # The state of step t-1 is prefetched while handling step t, so each step is read once.
-    h_prev, shifted_prev, spike_prev = _load_state(
-        state_ptr, offsets, mask, charge_tile, steps, T - 1, v_threshold, STATE_MODE
+    h_prev, shifted_prev, spike_prev = common.saved_step(
+        state_ptr, offsets, mask, charge_tile, steps, T - 1, v_threshold, STATE_MODE, FIRES_AT_THRESHOLD=True
     )
     for i in range(T):
         h, shifted, spike = h_prev, shifted_prev, spike_prev
         has_prev = offsets >= M  # step t > 0
-        h_prev, shifted_prev, spike_prev = _load_state(
-            state_ptr, offsets - M, mask & has_prev, charge_tile, steps, T - 2 - i, v_threshold, STATE_MODE
+        h_prev, shifted_prev, spike_prev = common.saved_step(
+            state_ptr, offsets - M, mask & has_prev, charge_tile, steps, T - 2 - i, v_threshold, STATE_MODE,
+            FIRES_AT_THRESHOLD=True,
         )
         sg = surrogate_gradient(shifted, alpha, SURROGATE)
         if SOFT_RESET:
@@ -190,7 +164,7 @@ def neuron_forward(
     v_seq = torch.empty((steps, neurons) if store_v_seq else (0,), dtype=x_seq.dtype, device=x_seq.device)
     grid = (triton.cdiv(neurons, BLOCK),)
     _forward_kernel[grid](
-        x_seq, v_init, decay, spikes, v_last, _state_view(state, state_mode), v_seq,
+        x_seq, v_init, decay, spikes, v_last, common.state_view(state, state_mode), v_seq,
         steps, neurons, tau, v_threshold, v_reset,
         NEURON_KIND=neuron_kind, DECAY_INPUT=decay_input, SOFT_RESET=soft_reset,
         HAS_V_INIT=v_init is not None, STORE_V_SEQ=store_v_seq, STATE_MODE=state_mode, BLOCK=BLOCK,
@@ -204,12 +178,12 @@ def neuron_backward(
     soft_reset, detach_reset, surrogate, alpha, state_mode,
 ):  # fmt: skip
     steps, neurons = grad_spike.shape
-    steps_padded, block, grid = _backward_launch(steps, neurons, state_mode)
+    steps_padded, block, grid = common.backward_launch(steps, neurons, state_mode)
     grad_x = torch.empty_like(grad_spike)
     grad_v_init = torch.empty(neurons, dtype=grad_spike.dtype, device=grad_spike.device)
     partials = torch.empty(grid[0] if neuron_kind == NEURON_PLIF else 0, dtype=torch.float32, device=grad_spike.device)
     _backward_kernel[grid](
-        grad_spike, grad_v_last, grad_v_seq, _state_view(state, state_mode), v_init, decay,
+        grad_spike, grad_v_last, grad_v_seq, common.state_view(state, state_mode), v_init, decay,
         grad_x, grad_v_init, partials,
         steps, neurons, tau, v_threshold, v_reset, alpha,
         NEURON_KIND=neuron_kind, DECAY_INPUT=decay_input, SOFT_RESET=soft_reset,
