@@ -310,7 +310,7 @@ def training_batch(config, batch, device, num_steps):
     return x0, t, noise
 
 
-def case_record(request, kind, size, variant, measured, headline):
+def case_record(request, kind, size, variant, measured, headline, provider=None):
     spiking = size.config()
     return {
         "suite": "diffusion_models",
@@ -321,7 +321,7 @@ def case_record(request, kind, size, variant, measured, headline):
         # The spiking network's [T, B, C, H, W]; the ANN runs the same images once (its config says T = 1).
         "shape": [size.time_steps, size.batch, spiking.image_channels, spiking.image_size, spiking.image_size],
         "config": measured.config.to_dict(),
-        "provider": variant,
+        "provider": provider or variant,
         "provider_detail": measured.detail,
     }
 
@@ -388,9 +388,18 @@ def test_sddpm_training_step(benchmark, request, bench_device, bench_timing, ben
     )
 
 
-@pytest.mark.parametrize("variant", [pytest.param(variant, id=f"sddpm-sample-{variant}") for variant in VARIANTS])
-def test_sddpm_sampling(benchmark, request, bench_device, bench_timing, bench_results, variant):
+SAMPLING_CASES = [
+    *(pytest.param(variant, False, id=f"sddpm-sample-{variant}") for variant in VARIANTS),
+    # spikekern's own networks with the sampler's default on GPUs: the denoiser replayed from CUDA graphs.
+    *(pytest.param(variant, True, id=f"sddpm-sample-{variant}-cuda-graphs") for variant in (SPIKEKERN, ANN)),
+]
+
+
+@pytest.mark.parametrize(("variant", "cuda_graphs"), SAMPLING_CASES)
+def test_sddpm_sampling(benchmark, request, bench_device, bench_timing, bench_results, variant, cuda_graphs):
     pipelines = pytest.importorskip("spikekern.pipelines")
+    if cuda_graphs and bench_device.type != "cuda":
+        pytest.skip("CUDA graphs need a GPU")
     measured = build_variant(request, variant, HEADLINE, bench_device)
     pipeline = pipelines.SDDPMPipeline(HEADLINE.config())
     model = measured.model.eval()
@@ -399,8 +408,9 @@ def test_sddpm_sampling(benchmark, request, bench_device, bench_timing, bench_re
         generator = torch.Generator(bench_device).manual_seed(0)  # every call draws the same images
         with bfloat16_autocast(bench_device):
             return pipeline.sample(
-                model, HEADLINE.batch, sampler="ddim", steps=SAMPLING_STEPS, generator=generator, device=bench_device
-            )
+                model, HEADLINE.batch, sampler="ddim", steps=SAMPLING_STEPS, generator=generator, device=bench_device,
+                cuda_graphs=cuda_graphs,
+            )  # fmt: skip
 
     # One call runs the network SAMPLING_STEPS times: a tenth of the rounds, one warm-up.
     timing = replace(bench_timing, warmup=min(bench_timing.warmup, 1), rounds=max(1, bench_timing.rounds // 10))
@@ -424,5 +434,9 @@ def test_sddpm_sampling(benchmark, request, bench_device, bench_timing, bench_re
         "profile": profile,
     }
     benchmark.extra_info.update(
-        bench_results.append({**case_record(request, "sample", HEADLINE, variant, measured, True), **metrics})
+        bench_results.append({
+            **case_record(request, "sample", HEADLINE, variant, measured, True,
+                          provider=f"{variant}-cuda-graphs" if cuda_graphs else variant),
+            **metrics,
+        })  # fmt: skip
     )

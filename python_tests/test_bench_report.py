@@ -151,3 +151,19 @@ def test_bad_input_is_one_line_naming_the_argument(tmp_path, capsys, content, ou
     error = capsys.readouterr().err
     assert error.count("\n") == 1
     assert error.startswith(f"{PROGRAM}: error: " + message.format(results=results, out=out))
+
+
+def test_the_sampling_target_reads_the_graphed_sampler_where_it_ran():
+    from spikekern.bench.report import diffusion_target_values
+
+    def sampled(images_per_s):
+        return {"images_per_s": images_per_s}
+
+    def by_what(kinds):
+        return {target.what: value for target, value in diffusion_target_values(kinds)}
+
+    sample = {"spikekern": sampled(20.0), "spikingjelly": sampled(10.0)}
+    sampling = "DDIM sampling: images/s, x spikingjelly's"
+    assert by_what({"sample": sample})[sampling] == 2.0
+    assert by_what({"sample": {**sample, "spikekern-cuda-graphs": sampled(35.0)}})[sampling] == 3.5
+    assert by_what({"sample": {"spikingjelly": sampled(10.0)}})[sampling] is None

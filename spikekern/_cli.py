@@ -41,6 +41,25 @@ def spike_conv_for(device, choice):
     return choice == "on"
 
 
+CUDA_GRAPH_CHOICES = ("auto", "on", "off")
+
+
+def cuda_graphs_for(device, choice, reporting=False):
+    """Whether sampling replays the network from CUDA graphs (``--cuda-graphs``): by default on GPUs,
+    unless the firing-rate report is on, whose hooks read every layer's spikes on the host, which a replayed
+    graph would skip."""
+    if choice == "auto":
+        return device.type == "cuda" and not reporting
+    if choice == "on":
+        if device.type != "cuda":
+            raise ValueError(f"--cuda-graphs on needs a CUDA device, got {device}")
+        if reporting:
+            raise ValueError("--cuda-graphs on: the firing-rate report reads spikes at every layer, which a replayed "
+                             "graph skips; add --no-report")  # fmt: skip
+        return True
+    return False
+
+
 def check_applies(function, options, family):
     """Refuse, by option name, command-line options that ``function`` of the ``family`` pipeline does not
     take (``--temperature`` for a Gaussian diffusion, ``--stage`` for a one-stage family), instead of a

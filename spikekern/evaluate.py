@@ -20,7 +20,7 @@ import os
 
 import torch
 
-from ._cli import check_applies, resolve_device, run_main
+from ._cli import CUDA_GRAPH_CHOICES, check_applies, cuda_graphs_for, resolve_device, run_main
 from .data import load_dataset
 from .pipelines import PIPELINES
 from .sample import embedded_checkpoint, generate, load_model, sampling_arguments
@@ -55,6 +55,8 @@ def _parser():
     parser.add_argument("--fid-backend", default="auto", choices=["auto", "torch-fidelity", "pytorch-fid"])
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--cuda-graphs", default="auto", choices=CUDA_GRAPH_CHOICES,
+                        help="replay the network from CUDA graphs while sampling (auto: on GPUs)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -68,6 +70,7 @@ def main(argv=None):
     if args.inception_weights is not None and not (args.data or args.reference_stats):
         raise ValueError("--inception-weights needs a reference: --data DATA or --reference-stats FILE")
     device = resolve_device(args.device)
+    cuda_graphs = cuda_graphs_for(device, args.cuda_graphs)
     checkpoint = args.checkpoint or embedded_checkpoint(args.model or "sddpm")
     pipeline, model, config = load_model(checkpoint, device)
     is_digits = pipeline.image_shape == DIGIT_SHAPE
@@ -82,7 +85,7 @@ def main(argv=None):
     with torch.no_grad():
         images = generate(
             pipeline, model, args.n, batch_size=args.batch_size, seed=args.seed, device=device,
-            progress=not args.no_progress, **sampling,
+            progress=not args.no_progress, cuda_graphs=cuda_graphs, **sampling,
         ).float().cpu()  # fmt: skip
     results = {
         "checkpoint": checkpoint, "family": pipeline.name, "preset": config["model"].get("preset"),

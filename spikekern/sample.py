@@ -19,7 +19,7 @@ from importlib import resources
 import numpy as np
 import torch
 
-from ._cli import check_applies, resolve_device, run_main, spike_conv_for
+from ._cli import CUDA_GRAPH_CHOICES, check_applies, cuda_graphs_for, resolve_device, run_main, spike_conv_for
 from .checkpoint import CheckpointError, load_checkpoint, load_state
 from .energy import ActivityMonitor
 from .images import save_image_grid
@@ -48,14 +48,20 @@ def load_model(checkpoint, device, spike_conv="auto"):
     return pipeline, model.to(device).eval(), config
 
 
-def generate(pipeline, model, n, *, batch_size, seed, device, progress=True, **sampling):
+def generate(pipeline, model, n, *, batch_size, seed, device, progress=True, cuda_graphs=False, **sampling):
     """``n`` images in [-1, 1], in batches; the same seed gives the same images for any batch size
-    that divides the work the same way (each batch draws from one generator in order)."""
+    that divides the work the same way (each batch draws from one generator in order). ``cuda_graphs``
+    replays the network from CUDA graphs, captured anew for each batch."""
     generator = torch.Generator(device).manual_seed(seed)
     batches = []
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
-        batches.append(pipeline.sample(model, count, generator=generator, device=device, progress=progress, **sampling))
+        batches.append(
+            pipeline.sample(
+                model, count, generator=generator, device=device, progress=progress, cuda_graphs=cuda_graphs,
+                **sampling,
+            )
+        )  # fmt: skip
     return torch.cat(batches)
 
 
@@ -98,6 +104,8 @@ def _parser():
     parser.add_argument("--out", default="samples.png", help=".png grid or .npy array")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--spike-conv", default="auto", choices=["auto", "on", "off"])
+    parser.add_argument("--cuda-graphs", default="auto", choices=CUDA_GRAPH_CHOICES,
+                        help="replay the network from CUDA graphs (auto: on GPUs when there is no report)")  # fmt: skip
     parser.add_argument("--no-report", action="store_true", help="skip the firing-rate and energy report")
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -111,6 +119,7 @@ def main(argv=None):
     if suffix not in (".png", ".npy"):
         raise ValueError(f"--out must end in .png or .npy, got {args.out!r}")
     device = resolve_device(args.device)
+    cuda_graphs = cuda_graphs_for(device, args.cuda_graphs, reporting=not args.no_report)
     checkpoint = args.checkpoint or embedded_checkpoint(args.model or "sddpm")
     pipeline, model, config = load_model(checkpoint, device, args.spike_conv)
     if args.model is not None and pipeline.name != args.model:
@@ -123,7 +132,7 @@ def main(argv=None):
     with torch.no_grad(), ActivityMonitor(model) if not args.no_report else contextlib.nullcontext() as monitor:
         images = generate(
             pipeline, model, args.n, batch_size=args.batch_size, seed=args.seed, device=device,
-            progress=not args.no_progress, **sampling,
+            progress=not args.no_progress, cuda_graphs=cuda_graphs, **sampling,
         )  # fmt: skip
     seconds = time.perf_counter() - started
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -42,8 +42,10 @@ MODEL_TARGET_MEMORY_RATIO = 0.5
 # The SDDPM U-Net's variants, spikekern's the measured one; the issue sets its targets at sddpm-cifar10,
 # T = 4, batch 128, bfloat16 autocast, on a GPU.
 DIFFUSION_MEASURED = "spikekern"
-DIFFUSION_VARIANTS = (DIFFUSION_MEASURED, "spikingjelly", "ann")
-DIFFUSION_SCALED_VARIANTS = DIFFUSION_VARIANTS[:2]
+# Sampling as `python -m spikekern.sample` runs it on a GPU: the denoiser replayed from CUDA graphs.
+DIFFUSION_MEASURED_GRAPHED = "spikekern-cuda-graphs"
+DIFFUSION_VARIANTS = (DIFFUSION_MEASURED, DIFFUSION_MEASURED_GRAPHED, "spikingjelly", "ann", "ann-cuda-graphs")
+DIFFUSION_SCALED_VARIANTS = (DIFFUSION_MEASURED, "spikingjelly")
 DIFFUSION_TARGET_CASE = "sddpm-cifar10"
 DIFFUSION_TARGET_SHAPE = [4, 128, 3, 32, 32]
 DIFFUSION_KIND_TITLES = {"train": "training step", "sample": "DDIM sampling"}
@@ -69,6 +71,10 @@ class DiffusionTarget(Bounded):
     ratio: Callable  # (spikekern's result, the baseline's) -> the ratio, or None where one was not measured
     bound: float
     at_least: bool  # the ratio must reach the bound, else stay at or under it
+    measured: tuple = (DIFFUSION_MEASURED,)  # spikekern's variants in order of preference: the first present counts
+
+    def measured_result(self, results):
+        return next((results[name] for name in self.measured if name in results), None)
 
 
 def peak_memory_ratio(result, baseline):
@@ -93,6 +99,7 @@ DIFFUSION_TARGETS = (
     DiffusionTarget(
         "DDIM sampling: images/s, x spikingjelly's", "sample", "spikingjelly",
         lambda result, baseline: result["images_per_s"] / baseline["images_per_s"], 3.0, at_least=True,
+        measured=(DIFFUSION_MEASURED_GRAPHED, DIFFUSION_MEASURED),
     ),
 )  # fmt: skip
 
@@ -348,7 +355,7 @@ def diffusion_target_values(kinds):
     values = []
     for target in DIFFUSION_TARGETS:
         results = kinds.get(target.kind, {})
-        measured, baseline = results.get(DIFFUSION_MEASURED), results.get(target.baseline)
+        measured, baseline = target.measured_result(results), results.get(target.baseline)
         values.append((target, None if measured is None or baseline is None else target.ratio(measured, baseline)))
     return values
 
@@ -391,7 +398,7 @@ def missed_target_profiles(kinds, values):
     missed = {}
     for target, value in values:
         if value is not None and not target.met(value):
-            missed.setdefault(target.kind, [DIFFUSION_MEASURED]).append(target.baseline)
+            missed.setdefault(target.kind, list(target.measured)).append(target.baseline)
     lines = []
     for kind, variants in missed.items():
         for variant in dict.fromkeys(variants):

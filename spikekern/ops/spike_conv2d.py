@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._dispatch import check_backend_name
-from .spike_linear import PATHS, _use_reference, ordered_masked_sum, spike_density
+from .spike_linear import PATHS, _use_reference, choose_path, ordered_masked_sum
 from .spike_pack import (
     as_rows, backend_kernels, check_spikes, pack_rows, raise_if_not_binary, select_spike_backend, unpack_rows,
     validation_enabled, words_per_row,
@@ -47,13 +47,7 @@ def unpack_channels_last(packed: Tensor, channels: int, dtype: torch.dtype) -> T
 
 
 def resolve_path(path: str, packed: Tensor, channels: int):
-    """(the path that runs, why): ``path`` itself unless it is "auto", which compares the spike density
-    counted from the packed words with SPARSE_MAX_DENSITY (one host synchronisation)."""
-    if path != "auto":
-        return path, f"path={path!r} requested"
-    density = spike_density(as_rows(packed), channels)
-    chosen, relation = ("sparse", "<=") if density <= SPARSE_MAX_DENSITY else ("dense", ">")
-    return chosen, f"auto: spike density {density:.4f} {relation} SPARSE_MAX_DENSITY {SPARSE_MAX_DENSITY}"
+    return choose_path(path, as_rows(packed), channels, SPARSE_MAX_DENSITY)
 
 
 def _empty_output(like: Tensor, batch, out_channels, out_size):
@@ -338,7 +332,7 @@ def spike_conv2d(
     The output is in channels-last memory whatever the layout of ``s``.
     path: "dense" (implicit GEMM on tensor cores), "sparse" (adds the weight rows of the active inputs,
         skipping silent words) or "auto" (sparse up to SPARSE_MAX_DENSITY; costs one host
-        synchronisation per forward to count spikes). Only the forward has two paths; the torch
+        synchronisation per forward to count spikes; dense while a CUDA graph is captured). Only the forward has two paths; the torch
         backend has one. ``spike_conv2d_plan`` reports the choice.
     backend: None for the best available, or "cuda", "triton", "torch"; an unusable choice raises.
     Non-binary ``s`` raises ValueError while validation is on (``spike_pack.set_validation``).

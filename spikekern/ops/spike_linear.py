@@ -37,14 +37,21 @@ def spike_density(packed: Tensor, in_features: int) -> float:
     return count.item() / total
 
 
-def resolve_path(path: str, packed: Tensor, in_features: int):
-    """(the path that runs, why): ``path`` itself unless it is "auto"."""
+def choose_path(path: str, packed: Tensor, in_features: int, sparse_max_density: float):
+    """(the path that runs, why) for packed rows of ``in_features`` spikes: ``path`` itself unless it is
+    "auto", which compares the spike density counted from the words with ``sparse_max_density`` (one host
+    synchronisation), except while a CUDA graph is captured, where nothing may wait: then dense."""
     if path != "auto":
         return path, f"path={path!r} requested"
+    if packed.is_cuda and torch.cuda.is_current_stream_capturing():
+        return "dense", "auto: dense while a CUDA graph is captured (counting spikes would synchronise)"
     density = spike_density(packed, in_features)
-    if density <= SPARSE_MAX_DENSITY:
-        return "sparse", f"spike density {density:.4f} <= SPARSE_MAX_DENSITY {SPARSE_MAX_DENSITY}"
-    return "dense", f"spike density {density:.4f} > SPARSE_MAX_DENSITY {SPARSE_MAX_DENSITY}"
+    chosen, relation = ("sparse", "<=") if density <= sparse_max_density else ("dense", ">")
+    return chosen, f"auto: spike density {density:.4f} {relation} SPARSE_MAX_DENSITY {sparse_max_density}"
+
+
+def resolve_path(path: str, packed: Tensor, in_features: int):
+    return choose_path(path, packed, in_features, SPARSE_MAX_DENSITY)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,7 +257,7 @@ def spike_linear(
     s, weight, bias: one dtype of float32/float16/bfloat16; weight ``[out, in]``, bias ``[out]``.
     path: "dense" (tiled GEMM), "sparse" (gathers the weight rows of active inputs) or "auto" (sparse
         up to SPARSE_MAX_DENSITY; costs one host synchronisation per forward and backward to count
-        spikes). The CUDA and Triton backends have paths; ``spike_linear_plan`` reports the choice.
+        spikes; dense while a CUDA graph is captured). The CUDA and Triton backends have paths; ``spike_linear_plan`` reports the choice.
     backend: None for the best available, or "cuda", "triton", "torch"; an unusable choice raises.
     Non-binary ``s`` raises ValueError while validation is on (``spike_pack.set_validation``).
     """

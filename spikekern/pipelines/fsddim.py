@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from ..diffusion import GaussianDiffusion
+from ..diffusion import GaussianDiffusion, denoiser
 from ..models.fsddim import PRESETS, FSDDIMConfig, FSDDIMUNet, preset_config
 from ..models.layers import neuron_threshold
 from .base import ImagePipeline
@@ -140,24 +140,26 @@ class FSDDIMPipeline(ImagePipeline):
             raise ValueError("threshold guidance needs a spiking model; this is the ANN counterpart")
         return {"sampler": sampler, "steps": steps, "eta": 0.0, "v_threshold": v_threshold}
 
-    def sample(self, model, n, *, generator=None, device=None, progress=False, **options):
+    def sample(self, model, n, *, generator=None, device=None, progress=False, cuda_graphs=False, **options):
         """``n`` images in [-1, 1] from ``model`` (put in eval mode by the caller); ``options`` as
-        ``sampling_options`` takes them."""
+        ``sampling_options`` takes them; ``cuda_graphs`` replays the network from CUDA graphs
+        (``spikekern.diffusion.cuda_graphs``)."""
         options = self.sampling_options(**options)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
         if options["v_threshold"] is None:
-            return self._sample(model, n, options["steps"], generator, device, progress)
+            return self._sample(model, n, options["steps"], generator, device, progress, cuda_graphs)
         with neuron_threshold(model, options["v_threshold"]):
-            return self._sample(model, n, options["steps"], generator, device, progress)
+            return self._sample(model, n, options["steps"], generator, device, progress, cuda_graphs)
 
     @torch.no_grad()
-    def _sample(self, model, n, steps, generator, device, progress):
+    def _sample(self, model, n, steps, generator, device, progress, cuda_graphs):
+        network = denoiser(model, cuda_graphs)
         timesteps = self.diffusion.ddim_timesteps(steps).tolist()
         noise = torch.randn((n, *self.image_shape), generator=generator, device=device)
         state = noise.expand(self.model_config.time_steps, *noise.shape)
         pairs = list(zip(timesteps, timesteps[1:] + [-1]))
         for step, previous in tqdm(pairs, desc="FSDDIM sampling", disable=not progress):
-            currents = model(state, torch.full((n,), step, dtype=torch.int64, device=state.device))
+            currents = network(state, torch.full((n,), step, dtype=torch.int64, device=state.device))
             state = self.diffusion.ddim_step(state, step, previous, currents.to(state.dtype), clip_x0=False)
         return FSDDIMUNet.decode(state).clamp(-1.0, 1.0)

@@ -3,7 +3,7 @@ with DDPM or DDIM, optionally with the threshold-guided strategy."""
 
 from dataclasses import dataclass, field
 
-from ..diffusion import GaussianDiffusion
+from ..diffusion import GaussianDiffusion, denoiser
 from ..models.layers import neuron_threshold
 from ..models.sddpm import PRESETS, SpikingUNet, SpikingUNetConfig, preset_config
 from .base import ImagePipeline
@@ -82,15 +82,16 @@ class SDDPMPipeline(ImagePipeline):
             raise ValueError("threshold guidance needs a spiking model; this is the ANN counterpart")
         return {"sampler": sampler, "steps": steps, "eta": eta, "v_threshold": v_threshold}
 
-    def sample(self, model, n, *, generator=None, device=None, progress=False, **options):
+    def sample(self, model, n, *, generator=None, device=None, progress=False, cuda_graphs=False, **options):
         """``n`` images in [-1, 1] from ``model`` (put in eval mode by the caller); ``options`` as
-        ``sampling_options`` takes them."""
+        ``sampling_options`` takes them; ``cuda_graphs`` replays the network from CUDA graphs
+        (``spikekern.diffusion.cuda_graphs``)."""
         options = self.sampling_options(**options)
         steps = options["steps"] if options["sampler"] == "ddim" else None
 
         def run():
             return self.diffusion.sample(
-                model, (n, *self.image_shape), sampler=options["sampler"], steps=steps, eta=options["eta"],
+                denoiser(model, cuda_graphs), (n, *self.image_shape), sampler=options["sampler"], steps=steps, eta=options["eta"],
                 generator=generator, device=device, progress=progress,
             )  # fmt: skip
 

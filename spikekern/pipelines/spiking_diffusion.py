@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..diffusion import AbsorbingDiffusion
+from ..diffusion import AbsorbingDiffusion, denoiser
 from ..diffusion._checks import check_real
 from ..models.layers import neuron_threshold
 from ..models.spiking_diffusion import PRESETS, STAGES, SpikingDiffusion, SpikingDiffusionConfig, preset_config
@@ -144,9 +144,10 @@ class SpikingDiffusionPipeline(ImagePipeline):
             raise ValueError(f"temperature must be >= 0 (0: the most likely token), got {temperature}")
         return {"temperature": temperature, "v_threshold": v_threshold}
 
-    def sample(self, model, n, *, generator=None, device=None, progress=False, **options):
+    def sample(self, model, n, *, generator=None, device=None, progress=False, cuda_graphs=False, **options):
         """``n`` images in [-1, 1] from a stage-"diffusion" ``model`` (put in eval mode by the caller):
-        unmask a code grid, then decode it; ``options`` as ``sampling_options`` takes them."""
+        unmask a code grid, then decode it; ``options`` as ``sampling_options`` takes them;
+        ``cuda_graphs`` replays the denoiser from CUDA graphs (``spikekern.diffusion.cuda_graphs``)."""
         options = self.sampling_options(**options)
         if device is None:
             device = next(model.parameters()).device
@@ -155,7 +156,7 @@ class SpikingDiffusionPipeline(ImagePipeline):
         guidance = nullcontext() if v_threshold is None else neuron_threshold(model.denoiser, v_threshold)
         with torch.no_grad(), guidance:
             tokens = self.diffusion.sample(
-                model, (n, grid, grid), temperature=options["temperature"], generator=generator, device=device,
+                denoiser(model, cuda_graphs), (n, grid, grid), temperature=options["temperature"], generator=generator, device=device,
                 progress=progress,
             )  # fmt: skip
             return self.from_model_scale(model.vq.decode_indices(tokens))
