@@ -153,15 +153,19 @@ def test_identical_steps_sample_as_ordinary_ddim_on_the_mean():
     assert [int(t[0]) for t in model.calls[:7]] == [852, 710, 568, 426, 284, 142, 0]
 
 
-def test_each_spike_step_runs_its_own_chain_from_the_same_noise():
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_each_spike_step_runs_its_own_chain_from_the_same_noise(eta):
+    """With eta > 0 every chain also adds the same noise at each step (the same draws from the generator)."""
     pipeline = _tiny_pipeline()
     scales, offsets = [0.9, -0.2], [0.1, -0.5]
-    images = pipeline.sample(_StepModel(scales, offsets), 2, steps=5, generator=torch.Generator().manual_seed(6))
+    images = pipeline.sample(
+        _StepModel(scales, offsets), 2, steps=5, eta=eta, generator=torch.Generator().manual_seed(6)
+    )
     diffusion = GaussianDiffusion(1000, "cosine", "v")
     chains = [
         diffusion.ddim_sample(
             lambda x, t, k=k: _StepModel([scales[k]], [offsets[k]])(x[None], t)[0], (2, 1, 16, 16), steps=5,
-            clip_x0=False, generator=torch.Generator().manual_seed(6),
+            eta=eta, clip_x0=False, generator=torch.Generator().manual_seed(6),
         )
         for k in range(2)
     ]  # fmt: skip
@@ -189,7 +193,7 @@ def test_model_sampling_is_deterministic_in_range_and_threshold_guided():
     "options, error, match",
     [
         ({"sampler": "ddpm"}, ValueError, "sampler must be one of"),
-        ({"eta": 0.5}, ValueError, "eta must be 0"),
+        ({"eta": 1.5}, ValueError, r"eta must lie in \[0, 1\]"),
         ({"eta": "0"}, TypeError, "eta must be a float"),
         ({"steps": 0}, ValueError, "steps must lie in 1..1000"),
         ({"steps": 1001}, ValueError, "steps must lie in 1..1000"),

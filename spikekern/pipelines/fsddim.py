@@ -14,6 +14,10 @@ W]``, starting from one standard normal draw copied to every step; the network r
 spike step k, and the DDIM step is applied to every spike step with that step's current as v̂, x̂_0 not
 clipped. After the last step the mean over T, clamped to [-1, 1], is the image. The code visits all 1000
 steps; ``steps`` visits a strided subset (the ``ddim_timesteps`` of spikekern's diffusion).
+
+``eta`` > 0, beyond the paper: stochastic DDIM in the per-step domain, with one noise draw per step shared
+by every spike step. The update is linear in the state and the current, so the mean over T then follows
+the ordinary DDIM-η update of the decoded output, as η = 0 follows the deterministic one.
 """
 
 import math
@@ -134,11 +138,11 @@ class FSDDIMPipeline(ImagePipeline):
         eta = eta if eta is not None else self.sampling.get("eta", 0.0)
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta):
             raise TypeError(f"eta must be a float, got {eta!r}")
-        if eta != 0:
-            raise ValueError(f"eta must be 0: FSDDIM's per-step sampler is deterministic DDIM (its update is linear in the spikes' currents), got eta={eta}")  # fmt: skip
+        if not 0 <= eta <= 1:
+            raise ValueError(f"eta must lie in [0, 1] (0: the paper's deterministic DDIM), got {eta}")
         if v_threshold is not None and not self.is_spiking:
             raise ValueError("threshold guidance needs a spiking model; this is the ANN counterpart")
-        return {"sampler": sampler, "steps": steps, "eta": 0.0, "v_threshold": v_threshold}
+        return {"sampler": sampler, "steps": steps, "eta": float(eta), "v_threshold": v_threshold}
 
     def sample(self, model, n, *, generator=None, device=None, progress=False, cuda_graphs=False, **options):
         """``n`` images in [-1, 1] from ``model`` (put in eval mode by the caller); ``options`` as
@@ -147,13 +151,14 @@ class FSDDIMPipeline(ImagePipeline):
         options = self.sampling_options(**options)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
+        run = (model, n, options["steps"], options["eta"], generator, device, progress, cuda_graphs)
         if options["v_threshold"] is None:
-            return self._sample(model, n, options["steps"], generator, device, progress, cuda_graphs)
+            return self._sample(*run)
         with neuron_threshold(model, options["v_threshold"]):
-            return self._sample(model, n, options["steps"], generator, device, progress, cuda_graphs)
+            return self._sample(*run)
 
     @torch.no_grad()
-    def _sample(self, model, n, steps, generator, device, progress, cuda_graphs):
+    def _sample(self, model, n, steps, eta, generator, device, progress, cuda_graphs):
         network = denoiser(model, cuda_graphs)
         timesteps = self.diffusion.ddim_timesteps(steps).tolist()
         noise = torch.randn((n, *self.image_shape), generator=generator, device=device)
@@ -161,5 +166,10 @@ class FSDDIMPipeline(ImagePipeline):
         pairs = list(zip(timesteps, timesteps[1:] + [-1]))
         for step, previous in tqdm(pairs, desc="FSDDIM sampling", disable=not progress):
             currents = network(state, torch.full((n,), step, dtype=torch.int64, device=state.device))
-            state = self.diffusion.ddim_step(state, step, previous, currents.to(state.dtype), clip_x0=False)
+            shared_noise = None
+            if eta > 0:
+                shared_noise = torch.randn(noise.shape, generator=generator, device=state.device).expand_as(state)
+            state = self.diffusion.ddim_step(
+                state, step, previous, currents.to(state.dtype), eta=eta, clip_x0=False, noise=shared_noise
+            )
         return FSDDIMUNet.decode(state).clamp(-1.0, 1.0)
