@@ -11,7 +11,8 @@ Dense path: ``tl.dot`` on spike tiles unpacked in registers. Sparse path: per ti
 and tap, zero words are skipped and the weight row of every set bit is added, in ascending
 ``(kh, kw, c)`` order (spike_conv2d.ordered_reference_forward is that order in PyTorch).
 
-grad_s is the transposed convolution of grad_out with the weight, an implicit GEMM over input pixels.
+grad_s is the transposed convolution of grad_out with the weight, an implicit GEMM over input pixels
+taken one stride phase at a time (only the taps that reach a phase run).
 Groups: a program's output channels (or, for grad_s, input channels) lie in one group; its reduction
 runs over that group's channels.
 """
@@ -57,23 +58,21 @@ def _tap_pixels(m, M, OH, OW, H, W, kh, kw, stride_h, stride_w, pad_h, pad_w, di
 
 
 @triton.jit
-def _tap_output_pixels(m, M, H, W, OH, OW, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
-    """(grad_out row, whether it exists) of the output pixel ``(n, oh, ow)`` that reads input pixels
-    ``m`` at tap ``(kh, kw)``: ``oh * stride_h = ih + pad_h - kh * dil_h`` (likewise for ``ow``)."""
-    pixels_per_image = H * W
-    n = m // pixels_per_image
-    ih = (m % pixels_per_image) // W
-    iw = m % W
-    oh_strided = ih + pad_h - kh * dil_h
-    ow_strided = iw + pad_w - kw * dil_w
-    # Negative values are excluded before they matter: % and // round them differently on the GPU
-    # (towards zero) and in the interpreter (towards minus infinity).
-    inside = (m < M) & (oh_strided >= 0) & (ow_strided >= 0)
-    inside = inside & (oh_strided % stride_h == 0) & (ow_strided % stride_w == 0)
-    oh = oh_strided // stride_h
-    ow = ow_strided // stride_w
-    inside = inside & (oh < OH) & (ow < OW)
-    return (n * OH + oh) * OW + ow, inside
+def _phase_pixels(program, N, H, W, stride_h, stride_w, BLOCK_M: tl.constexpr):
+    """The stride phase ``(ph, pw)`` of grad_s program ``program`` and its input pixels ``(n, ih, iw)``
+    with ``ih % stride_h == ph`` and ``iw % stride_w == pw`` (``BLOCK_M`` of them, masked past the end)."""
+    phase_rows = tl.cdiv(H, stride_h)
+    phase_cols = tl.cdiv(W, stride_w)
+    per_phase = N * phase_rows * phase_cols
+    blocks_per_phase = tl.cdiv(per_phase, BLOCK_M)
+    phase = program // blocks_per_phase
+    ph = phase // stride_w
+    pw = phase % stride_w
+    local = (program % blocks_per_phase) * BLOCK_M + tl.arange(0, BLOCK_M)
+    n = local // (phase_rows * phase_cols)
+    ih = ph + ((local // phase_cols) % phase_rows) * stride_h
+    iw = pw + (local % phase_cols) * stride_w
+    return ph, pw, n, ih, iw, (local < per_phase) & (ih < H) & (iw < W)
 
 
 @triton.jit
@@ -202,35 +201,47 @@ def _dense_grad_weight_kernel(
 
 @triton.jit
 def _grad_input_kernel(
-    grad_out_ptr, weight_ptr, grad_input_ptr, M,
+    grad_out_ptr, weight_ptr, grad_input_ptr, N,
     OC, C, H, W, OH, OW, KH, KW, C_per_group, OC_per_group, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """grad_s ``[M, C]`` (``M = N*H*W`` input pixels, channels-last) = per tap, the grad_out rows of the
-    output pixels that read each input pixel ``[M, OC_g]`` @ weight ``[KH, KW, OC, C_g]``.
+    """grad_s ``[N*H*W, C]`` (input pixels, channels-last) = per tap, the grad_out rows of the output
+    pixels that read each input pixel ``[BLOCK_M, OC_g]`` @ weight ``[KH, KW, OC, C_g]``.
 
-    With stride > 1 only one input pixel in ``stride_h * stride_w`` has an output pixel at a given tap;
-    the others are masked (the loads and products are still issued).
+    An output pixel reads input row ``oh * stride_h - pad_h + kh * dil_h``, so a tap reaches the input
+    rows of one residue modulo the stride: a program takes the pixels of one stride phase ``(ph, pw)``
+    and skips the taps that cannot reach it, instead of masking ``1 - 1/(stride_h*stride_w)`` of its work.
     """
-    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    ph, pw, n, ih, iw, pixel_mask = _phase_pixels(tl.program_id(0), N, H, W, stride_h, stride_w, BLOCK_M)
     group, c_local, c_mask = _group_block(tl.program_id(1), C_per_group, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kh in range(KH):
+        # Offset by a multiple of the stride to keep % off negative numbers, which the GPU rounds towards
+        # zero and the interpreter towards minus infinity.
+        reaches_rows = (ph + pad_h + stride_h * KH * dil_h - kh * dil_h) % stride_h == 0
         for kw in range(KW):
-            rows, inside = _tap_output_pixels(m, M, H, W, OH, OW, kh, kw, stride_h, stride_w, pad_h, pad_w,
-                                              dil_h, dil_w)  # fmt: skip
-            for oc_start in range(0, OC_per_group, BLOCK_K):
-                oc_local = oc_start + tl.arange(0, BLOCK_K)
-                oc_mask = oc_local < OC_per_group
-                oc = group * OC_per_group + oc_local
-                grad_mask = inside[:, None] & oc_mask[None, :]
-                grad = tl.load(grad_out_ptr + rows[:, None].to(tl.int64) * OC + oc[None, :], mask=grad_mask, other=0.0)
-                weight_rows = ((kh * KW + kw) * OC + oc).to(tl.int64) * C_per_group
-                weight_mask = oc_mask[:, None] & c_mask[None, :]
-                weight = tl.load(weight_ptr + weight_rows[:, None] + c_local[None, :], mask=weight_mask, other=0.0)
-                acc = tl.dot(grad, weight, acc, input_precision=DOT_PRECISION)
-    mask = (m[:, None] < M) & c_mask[None, :]
-    offsets = m[:, None].to(tl.int64) * C + group * C_per_group + c_local[None, :]
+            reaches_cols = (pw + pad_w + stride_w * KW * dil_w - kw * dil_w) % stride_w == 0
+            if reaches_rows & reaches_cols:
+                oh_strided = ih + pad_h - kh * dil_h
+                ow_strided = iw + pad_w - kw * dil_w
+                oh = oh_strided // stride_h
+                ow = ow_strided // stride_w
+                inside = pixel_mask & (oh_strided >= 0) & (ow_strided >= 0) & (oh < OH) & (ow < OW)
+                rows = (n * OH + oh) * OW + ow
+                for oc_start in range(0, OC_per_group, BLOCK_K):
+                    oc_local = oc_start + tl.arange(0, BLOCK_K)
+                    oc_mask = oc_local < OC_per_group
+                    oc = group * OC_per_group + oc_local
+                    grad_mask = inside[:, None] & oc_mask[None, :]
+                    grad_offsets = rows[:, None].to(tl.int64) * OC + oc[None, :]
+                    grad = tl.load(grad_out_ptr + grad_offsets, mask=grad_mask, other=0.0)
+                    weight_rows = ((kh * KW + kw) * OC + oc).to(tl.int64) * C_per_group
+                    weight_mask = oc_mask[:, None] & c_mask[None, :]
+                    weight = tl.load(weight_ptr + weight_rows[:, None] + c_local[None, :], mask=weight_mask, other=0.0)
+                    acc = tl.dot(grad, weight, acc, input_precision=DOT_PRECISION)
+    pixels = (n.to(tl.int64) * H + ih) * W + iw
+    mask = pixel_mask[:, None] & c_mask[None, :]
+    offsets = pixels[:, None] * C + group * C_per_group + c_local[None, :]
     tl.store(grad_input_ptr + offsets, acc.to(grad_input_ptr.dtype.element_ty), mask=mask)
 
 
@@ -334,11 +345,12 @@ def grad_input(grad_out, weight, in_size, stride, padding, dilation, groups):
                          device=grad_out.device, memory_format=torch.channels_last)  # fmt: skip
     # [KH, KW, OC, C_g]: a tap's weight tile is contiguous along the input channels (one copy per call).
     weight_by_tap = weight.permute(2, 3, 0, 1).contiguous()
-    rows = batch * in_size[0] * in_size[1]
     geometry = _geometry(weight, in_size, grad_out.shape[2:], stride, padding, dilation, groups)
-    grid = (triton.cdiv(rows, BLOCK_M), groups * triton.cdiv(channels_per_group, BLOCK_N))
+    # One run of programs per stride phase, each as long as the largest phase (the first).
+    per_phase = batch * triton.cdiv(in_size[0], stride[0]) * triton.cdiv(in_size[1], stride[1])
+    grid = (stride[0] * stride[1] * triton.cdiv(per_phase, BLOCK_M), groups * triton.cdiv(channels_per_group, BLOCK_N))
     _grad_input_kernel[grid](
-        _grad_rows(grad_out), weight_by_tap, grad_s, rows, *geometry,
+        _grad_rows(grad_out), weight_by_tap, grad_s, batch, *geometry,
         DOT_PRECISION=dot_precision(grad_out.dtype),
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=GRAD_INPUT_BLOCK_K, num_warps=NUM_WARPS,
     )  # fmt: skip
