@@ -48,6 +48,35 @@ __device__ __forceinline__ int64_t input_pixel(const Conv2dGeometry& g, const Pi
   return (out.n * g.height + ih) * g.width + iw;
 }
 
+// Input pixels by stride phase (ih % stride_h, iw % stride_w): a tap reaches the input rows of one
+// residue modulo the stride only, so a tile of one phase skips the taps that cannot reach it whole.
+struct StridePhases {
+  int64_t rows;              // ceil(H / stride_h): input rows of the first (largest) phase
+  int64_t columns;           // ceil(W / stride_w)
+  int64_t pixels;            // N * rows * columns: pixels of the largest phase, masked past the others'
+  int64_t blocks_per_phase;  // tiles of kTile pixels per phase
+};
+
+__host__ __device__ inline StridePhases stride_phases(const Conv2dGeometry& g, int64_t tile) {
+  const int64_t rows = ceil_div(g.height, g.stride_h);
+  const int64_t columns = ceil_div(g.width, g.stride_w);
+  const int64_t pixels = g.batch * rows * columns;
+  return {rows, columns, pixels, ceil_div(pixels, tile)};
+}
+
+// Pixel `local` of stride phase `phase` (ph = phase / stride_w, pw = phase % stride_w) as an input
+// pixel index over the batch, or -1 past that phase's pixels.
+__device__ __forceinline__ int64_t phase_pixel(const Conv2dGeometry& g, const StridePhases& phases,
+                                               int64_t phase, int64_t local) {
+  if (local >= phases.pixels) return -1;
+  const int64_t n = local / (phases.rows * phases.columns);
+  const int64_t rest = local - n * phases.rows * phases.columns;
+  const auto ih = static_cast<int>(phase / g.stride_w + (rest / phases.columns) * g.stride_h);
+  const auto iw = static_cast<int>(phase % g.stride_w + (rest % phases.columns) * g.stride_w);
+  if (ih >= g.height || iw >= g.width) return -1;
+  return (n * g.height + ih) * g.width + iw;
+}
+
 // The inverse map: the output pixel (grad_out row) that reads input pixel (n, ih, iw) at tap
 // (kh, kw), or -1 where none does (the stride steps over it, or it is past the output's edge).
 __device__ __forceinline__ int64_t output_row(const Conv2dGeometry& g, const PixelCoordinates& in,
@@ -328,29 +357,33 @@ __global__ void __launch_bounds__(kThreads, kTiledBlocksPerMultiprocessor)
 // grad_input [N*H*W, C]: the transposed convolution, per tap grad_out rows @ weight_t[kh, kw]
 // ---------------------------------------------------------------------------------------------
 
-// One block per 64 input pixels (rows) and 64 input channels (columns) of one group. Per tap, each
-// input pixel takes the grad_out row of the output pixel that read it there (none where the stride
-// steps over it or it falls past the output: taps no pixel of the tile feeds are skipped); the
-// reduction walks the group's output channels 32 at a time.
+// One block per 64 input pixels (rows) of one stride phase and 64 input channels (columns) of one
+// group. Per tap, each input pixel takes the grad_out row of the output pixel that read it there (none
+// where the stride steps over it or it falls past the output: taps no pixel of the tile feeds, which
+// within one phase are those that step over it, are skipped); the reduction walks the group's output
+// channels 32 at a time.
 template <typename T>
 __global__ void __launch_bounds__(kThreads, kTiledBlocksPerMultiprocessor)
     conv2d_grad_input_kernel(Conv2dGradInputArgs args) {
   __shared__ SimtOperands operands;
   __shared__ int64_t grad_rows[kTile];
+  __shared__ int64_t tile_pixels[kTile];
   const Conv2dGeometry& g = args.geometry;
   const T* grad_out = static_cast<const T*>(args.grad_out);
   const T* weight_t = static_cast<const T*>(args.weight_t);
-  const int64_t pixels = g.batch * g.height * g.width;
   const int64_t channels_per_group = g.channels_per_group;
   const int64_t outs_per_group = g.outs_per_group;
-  const int64_t first_pixel = static_cast<int64_t>(blockIdx.x) * kTile;
+  const StridePhases phases = stride_phases(g, kTile);
+  const int64_t phase = blockIdx.x / phases.blocks_per_phase;
+  const int64_t first_local = (blockIdx.x % phases.blocks_per_phase) * kTile;
   const GroupBlock block = group_block<kTile>(blockIdx.y, channels_per_group);
   const int64_t channels_here = min64(kTile, channels_per_group - block.first);
   const int64_t group_first_out = block.group * outs_per_group;
-  // Threads below kTile find the grad_out rows of tile row (input pixel) threadIdx.x.
-  const bool finds_rows = threadIdx.x < kTile && first_pixel + threadIdx.x < pixels;
-  const PixelCoordinates in_pixel =
-      finds_rows ? split_pixel(first_pixel + threadIdx.x, g.height, g.width) : PixelCoordinates{};
+  // Threads below kTile find the input pixel of tile row threadIdx.x and its grad_out rows.
+  const int64_t pixel = threadIdx.x < kTile ? phase_pixel(g, phases, phase, first_local + threadIdx.x) : -1;
+  if (threadIdx.x < kTile) tile_pixels[threadIdx.x] = pixel;
+  const bool finds_rows = pixel >= 0;
+  const PixelCoordinates in_pixel = finds_rows ? split_pixel(pixel, g.height, g.width) : PixelCoordinates{};
   SimtEngine engine;
   for (int kh = 0; kh < g.kernel_h; ++kh) {
     for (int kw = 0; kw < g.kernel_w; ++kw) {
@@ -390,10 +423,11 @@ __global__ void __launch_bounds__(kThreads, kTiledBlocksPerMultiprocessor)
     }
   }
   T* grad_input = static_cast<T*>(args.grad_input);
+  __syncthreads();  // tile_pixels, when every tap was skipped
   engine.finish(operands, [&](int row, int column, float value) {
-    const int64_t pixel = first_pixel + row;
-    if (pixel < pixels && column < channels_here) {
-      grad_input[pixel * g.channels + block.group * channels_per_group + block.first + column] =
+    const int64_t target = tile_pixels[row];
+    if (target >= 0 && column < channels_here) {
+      grad_input[target * g.channels + block.group * channels_per_group + block.first + column] =
           from_float<T>(value);
     }
   });
@@ -450,7 +484,7 @@ void launch_spike_conv2d_dense_grad_weight(const Conv2dGradWeightArgs& args, cud
 
 void launch_spike_conv2d_grad_input(const Conv2dGradInputArgs& args, cudaStream_t stream) {
   const Conv2dGeometry& g = args.geometry;
-  const dim3 grid(static_cast<unsigned>(ceil_div(g.batch * g.height * g.width, kTile)),
+  const dim3 grid(static_cast<unsigned>(g.stride_h * g.stride_w * stride_phases(g, kTile).blocks_per_phase),
                   group_blocks(g, g.channels_per_group, kTile));
   dispatch_element_type(g.element_type, [&](auto element) {
     using T = typename decltype(element)::type;

@@ -15,7 +15,7 @@ constexpr unsigned kFullWarpMask = 0xffffffffu;
 // loop.
 constexpr int kMaxBlocksPerMultiprocessor = 32;
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+__host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 inline unsigned grid_stride_blocks(int64_t threads_needed, int block_size,
                                    int multiprocessor_count) {
