@@ -22,6 +22,8 @@
 //     block order; the order inside a tensor-core step is the hardware's.
 //   grad_weight: per weight, output pixels in ascending order.
 //   grad_input: taps in row-major order, output channels ascending.
+//   Both gradients in float16/bfloat16: tensor-core tiles of 32 output pixels (grad_weight) or 32
+//     output channels (grad_input) in that order; the order inside a tensor-core step is the hardware's.
 #pragma once
 
 #include <cstdint>

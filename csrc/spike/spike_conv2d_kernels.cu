@@ -292,7 +292,8 @@ constexpr int kChunksPerTile = kTile / kBitsPerWord;  // 2: a tile spans 64 inpu
 template <typename T>
 __global__ void __launch_bounds__(kThreads, kTiledBlocksPerMultiprocessor)
     conv2d_dense_grad_weight_kernel(Conv2dGradWeightArgs args) {
-  __shared__ SimtOperands operands;
+  using Engine = TileEngine<T>;
+  __shared__ typename Engine::Operands operands;
   __shared__ uint32_t chunks[kStep][kChunksPerTile];
   const Conv2dGeometry& g = args.geometry;
   const T* grad_out = static_cast<const T*>(args.grad_out);
@@ -305,7 +306,7 @@ __global__ void __launch_bounds__(kThreads, kTiledBlocksPerMultiprocessor)
   const int64_t first_channel = static_cast<int64_t>(blockIdx.y) * kTile;  // within the group
   const int kh = static_cast<int>(blockIdx.z) / g.kernel_w;
   const int kw = static_cast<int>(blockIdx.z) % g.kernel_w;
-  SimtEngine engine;
+  Engine engine;
   for (int64_t first_row = 0; first_row < rows; first_row += kStep) {
     uint32_t chunk = 0;
     if (threadIdx.x < kStep * kChunksPerTile) {
@@ -331,11 +332,11 @@ __global__ void __launch_bounds__(kThreads, kTiledBlocksPerMultiprocessor)
       const int k = e / kTile;
       const int column = e % kTile;
       const int64_t row = first_row + k;
-      SimtEngine::set_a(operands, column, k,
+      Engine::set_a(operands, column, k,
                         row < rows && column < outs_here
                             ? to_float(grad_out[row * g.out_channels + first_out + column])
                             : 0.0f);
-      SimtEngine::set_b(
+      Engine::set_b(
           operands, k, column,
           static_cast<float>((chunks[k][column / kBitsPerWord] >> (column % kBitsPerWord)) & 1u));
     }
@@ -365,7 +366,8 @@ __global__ void __launch_bounds__(kThreads, kTiledBlocksPerMultiprocessor)
 template <typename T>
 __global__ void __launch_bounds__(kThreads, kTiledBlocksPerMultiprocessor)
     conv2d_grad_input_kernel(Conv2dGradInputArgs args) {
-  __shared__ SimtOperands operands;
+  using Engine = TileEngine<T>;
+  __shared__ typename Engine::Operands operands;
   __shared__ int64_t grad_rows[kTile];
   __shared__ int64_t tile_pixels[kTile];
   const Conv2dGeometry& g = args.geometry;
@@ -384,7 +386,7 @@ __global__ void __launch_bounds__(kThreads, kTiledBlocksPerMultiprocessor)
   if (threadIdx.x < kTile) tile_pixels[threadIdx.x] = pixel;
   const bool finds_rows = pixel >= 0;
   const PixelCoordinates in_pixel = finds_rows ? split_pixel(pixel, g.height, g.width) : PixelCoordinates{};
-  SimtEngine engine;
+  Engine engine;
   for (int kh = 0; kh < g.kernel_h; ++kh) {
     for (int kw = 0; kw < g.kernel_w; ++kw) {
       const int64_t grad_row = finds_rows ? output_row(g, in_pixel, kh, kw) : -1;
@@ -401,7 +403,7 @@ __global__ void __launch_bounds__(kThreads, kTiledBlocksPerMultiprocessor)
           const int row = e / kStep;
           const int k = e % kStep;
           const int64_t source = grad_rows[row];
-          SimtEngine::set_a(operands, row, k,
+          Engine::set_a(operands, row, k,
                             source >= 0 && k < count
                                 ? to_float(grad_out[source * g.out_channels + first_out + k])
                                 : 0.0f);
@@ -410,7 +412,7 @@ __global__ void __launch_bounds__(kThreads, kTiledBlocksPerMultiprocessor)
         for (int e = threadIdx.x; e < kStep * kTile; e += kThreads) {
           const int k = e / kTile;
           const int column = e % kTile;
-          SimtEngine::set_b(
+          Engine::set_b(
               operands, k, column,
               k < count && column < channels_here
                   ? to_float(tap_weight[(first_out + k) * channels_per_group + column])

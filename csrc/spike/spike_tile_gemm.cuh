@@ -51,7 +51,7 @@ struct SimtOperands {
   float b[kStep][kTile + 1];
 };
 
-// float32 (and every dtype of spike_conv2d's gradients): each thread accumulates its 4 x 4 outputs with
+// float32: each thread accumulates its 4 x 4 outputs with
 // fmaf in ascending k. With a 0/1 operand, fmaf adds the other operand exactly or adds nothing.
 struct SimtEngine {
   using Operands = SimtOperands;
