@@ -207,11 +207,7 @@ __global__ void __launch_bounds__(kThreads, kTiledBlocksPerMultiprocessor)
         }
         // Also the barrier that publishes `chunks`.
         if (!__syncthreads_or(chunk != 0)) continue;
-        for (int e = threadIdx.x; e < kTile * kStep; e += kThreads) {
-          const int row = e / kStep;
-          const int k = e % kStep;
-          Engine::set_a(operands, row, k, static_cast<float>((chunks[row] >> k) & 1u));
-        }
+        set_a_spike_bits<Engine>(operands, chunks);
         // A warp loads 32 consecutive output channels of one weight row (coalesced).
         const T* weight_rows =
             weight + (tap * channels_per_group + c0) * g.out_channels + first_out;
@@ -284,8 +280,6 @@ __global__ void __launch_bounds__(kSparseThreads)
 // grad_weight [OC, C/g, KH, KW]: per tap, grad_out^T [OC/g, M] @ spikes at the tap [M, C/g]
 // ---------------------------------------------------------------------------------------------
 
-constexpr int kChunksPerTile = kTile / kBitsPerWord;  // 2: a tile spans 64 input channels
-
 // One block per 64 output channels (rows) and 64 input channels (columns) of one group and one
 // tap (blockIdx.z); the reduction walks the output pixels 32 at a time, and steps whose spike
 // chunks are all zero skip the grad_out load and the product.
@@ -294,7 +288,7 @@ __global__ void __launch_bounds__(kThreads, kTiledBlocksPerMultiprocessor)
     conv2d_dense_grad_weight_kernel(Conv2dGradWeightArgs args) {
   using Engine = TileEngine<T>;
   __shared__ typename Engine::Operands operands;
-  __shared__ uint32_t chunks[kStep][kChunksPerTile];
+  __shared__ uint32_t chunks[kStep][kWordsPerTile];
   const Conv2dGeometry& g = args.geometry;
   const T* grad_out = static_cast<const T*>(args.grad_out);
   const int64_t rows = g.batch * g.out_height * g.out_width;
@@ -309,9 +303,9 @@ __global__ void __launch_bounds__(kThreads, kTiledBlocksPerMultiprocessor)
   Engine engine;
   for (int64_t first_row = 0; first_row < rows; first_row += kStep) {
     uint32_t chunk = 0;
-    if (threadIdx.x < kStep * kChunksPerTile) {
-      const int step_row = threadIdx.x / kChunksPerTile;
-      const int half = threadIdx.x % kChunksPerTile;
+    if (threadIdx.x < kStep * kWordsPerTile) {
+      const int step_row = threadIdx.x / kWordsPerTile;
+      const int half = threadIdx.x % kWordsPerTile;
       const int64_t row = first_row + step_row;
       const int64_t c0 = first_channel + half * kBitsPerWord;
       if (row < rows && c0 < channels_per_group) {
@@ -336,10 +330,8 @@ __global__ void __launch_bounds__(kThreads, kTiledBlocksPerMultiprocessor)
                         row < rows && column < outs_here
                             ? to_float(grad_out[row * g.out_channels + first_out + column])
                             : 0.0f);
-      Engine::set_b(
-          operands, k, column,
-          static_cast<float>((chunks[k][column / kBitsPerWord] >> (column % kBitsPerWord)) & 1u));
     }
+    set_b_spike_bits<Engine>(operands, chunks);
     __syncthreads();
     engine.step(operands);
     __syncthreads();  // the operands are overwritten next step

@@ -129,11 +129,7 @@ __global__ void __launch_bounds__(kThreads, kTiledBlocksPerMultiprocessor)
     // Rows silent over these 32 inputs add nothing: skip the step (also the barrier that publishes
     // spike_words).
     if (!__syncthreads_or(word != 0)) continue;
-    for (int e = threadIdx.x; e < kTile * kStep; e += kThreads) {
-      const int row = e / kStep;
-      const int bit = e % kStep;
-      Engine::set_a(operands, row, bit, static_cast<float>((spike_words[row] >> bit) & 1u));
-    }
+    set_a_spike_bits<Engine>(operands, spike_words);
     // b[k][column] = weight[out, k]: a warp loads 32 consecutive inputs of one output row
     // (coalesced).
     for (int e = threadIdx.x; e < kStep * kTile; e += kThreads) {
@@ -157,23 +153,21 @@ __global__ void __launch_bounds__(kThreads, kTiledBlocksPerMultiprocessor)
 
 // grad_weight [N, K] tile of 64 outputs (rows) x 64 inputs (columns, two words), stepping 32 rows
 // of grad_out at a time; steps whose spike words are all zero are skipped.
-constexpr int kGradWordsPerTile = kTile / kBitsPerWord;  // 2
-
 template <typename T>
 __global__ void __launch_bounds__(kThreads, kTiledBlocksPerMultiprocessor)
     spike_linear_dense_grad_weight_kernel(SpikeLinearGradWeightArgs args) {
   using Engine = TileEngine<T>;
   __shared__ typename Engine::Operands operands;
-  __shared__ uint32_t spike_words[kStep][kGradWordsPerTile];
+  __shared__ uint32_t spike_words[kStep][kWordsPerTile];
   const T* grad_out = static_cast<const T*>(args.grad_out);
-  const int64_t first_word = static_cast<int64_t>(blockIdx.x) * kGradWordsPerTile;
+  const int64_t first_word = static_cast<int64_t>(blockIdx.x) * kWordsPerTile;
   const int64_t first_out = static_cast<int64_t>(blockIdx.y) * kTile;
   Engine engine;
   for (int64_t first_row = 0; first_row < args.rows; first_row += kStep) {
     uint32_t word = 0;
-    if (threadIdx.x < kStep * kGradWordsPerTile) {
-      const int local_row = threadIdx.x / kGradWordsPerTile;
-      const int local_word = threadIdx.x % kGradWordsPerTile;
+    if (threadIdx.x < kStep * kWordsPerTile) {
+      const int local_row = threadIdx.x / kWordsPerTile;
+      const int local_word = threadIdx.x % kWordsPerTile;
       const int64_t row = first_row + local_row;
       const int64_t word_index = first_word + local_word;
       if (row < args.rows && word_index < args.words_per_row) {
@@ -193,11 +187,8 @@ __global__ void __launch_bounds__(kThreads, kTiledBlocksPerMultiprocessor)
                     row < args.rows && out < args.out_features
                         ? to_float(grad_out[row * args.out_features + out])
                         : 0.0f);
-      Engine::set_b(operands, local_row, column,
-                    static_cast<float>((spike_words[local_row][column / kBitsPerWord] >>
-                                        (column % kBitsPerWord)) &
-                                       1u));
     }
+    set_b_spike_bits<Engine>(operands, spike_words);
     __syncthreads();
     engine.step(operands);
     __syncthreads();  // the operands are overwritten next step
@@ -362,7 +353,7 @@ void launch_spike_linear_sparse_forward(const SpikeLinearForwardArgs& args, cuda
 
 void launch_spike_linear_dense_grad_weight(const SpikeLinearGradWeightArgs& args,
                                            cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(ceil_div(args.words_per_row, kGradWordsPerTile)),
+  const dim3 grid(static_cast<unsigned>(ceil_div(args.words_per_row, kWordsPerTile)),
                   static_cast<unsigned>(ceil_div(args.out_features, kTile)));
   dispatch_element_type(args.element_type, [&](auto element) {
     using T = typename decltype(element)::type;

@@ -169,6 +169,32 @@ struct WmmaEngine {
 template <typename T>
 using TileEngine = std::conditional_t<std::is_same_v<T, float>, SimtEngine, WmmaEngine<T>>;
 
+// Spike operands, expanded from their words to exact 0/1 values of the engine's type.
+constexpr int kWordsPerTile = kTile / kBitsPerWord;
+
+// a[row][k] = bit k of words[row]: one reduction step's 64 x 32 spike tile (the dense forwards).
+template <typename Engine>
+__device__ __forceinline__ void set_a_spike_bits(typename Engine::Operands& s, const uint32_t* words) {
+  for (int e = threadIdx.x; e < kTile * kStep; e += kThreads) {
+    const int row = e / kStep;
+    const int k = e % kStep;
+    Engine::set_a(s, row, k, static_cast<float>((words[row] >> k) & 1u));
+  }
+}
+
+// b[k][column] = bit column % 32 of words[k][column / 32]: one reduction step's 32 x 64 spike tile
+// (the weight gradients).
+template <typename Engine>
+__device__ __forceinline__ void set_b_spike_bits(typename Engine::Operands& s,
+                                                 const uint32_t (*words)[kWordsPerTile]) {
+  for (int e = threadIdx.x; e < kStep * kTile; e += kThreads) {
+    const int k = e / kTile;
+    const int column = e % kTile;
+    Engine::set_b(s, k, column,
+                  static_cast<float>((words[k][column / kBitsPerWord] >> (column % kBitsPerWord)) & 1u));
+  }
+}
+
 // The forwards' epilogue: out [*, row_stride] gets the tile's value + bias at rows first_row + row
 // (below rows) and columns first_column + column (column below columns, the tile's valid width),
 // rounded once to T.
