@@ -127,7 +127,8 @@ def main(argv=None):
     sampling = sampling_arguments(args)
     check_applies(pipeline.sampling_options, sampling, pipeline.name)
     pipeline.sampling_options(**sampling)  # refuse bad options before loading anything else
-    print(f"{pipeline.name} {config['model'].get('preset') or ''} from {checkpoint} on {device}")
+    graphs = ", the network replayed from CUDA graphs" if cuda_graphs else ""
+    print(f"{pipeline.name} {config['model'].get('preset') or ''} from {checkpoint} on {device}{graphs}")
     started = time.perf_counter()
     with torch.no_grad(), ActivityMonitor(model) if not args.no_report else contextlib.nullcontext() as monitor:
         images = generate(
