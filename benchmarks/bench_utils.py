@@ -204,6 +204,16 @@ class DeviceTimer:
         return TimingStats.from_samples(self.samples_ms[-rounds:])
 
 
+def time_benchmark(benchmark, timing, device, step, group, setup=None):
+    """``step`` timed as every benchmark is (README.md: Metrics): pytest-benchmark's ``timing.rounds``
+    after ``timing.warmup``, each on the device's clock after an untimed L2 flush and ``setup``; returns
+    the timer, whose ``stats`` hold the result."""
+    timer = DeviceTimer(device)
+    benchmark.group = group
+    benchmark.pedantic(timer.timed(step), setup=timer.untimed(setup), rounds=timing.rounds, warmup_rounds=timing.warmup)
+    return timer
+
+
 def time_calls(fn, device, setup=None, warmup=5, rounds=20):
     """Median and quantiles of ``fn``'s device time over ``rounds`` calls after ``warmup`` calls, each
     call preceded by an untimed L2 flush and ``setup``."""

@@ -12,6 +12,7 @@
 #        bench-compile the torch.compile cases
 #        bench-sddpm   the SDDPM U-Net's headline cases: training step and DDIM-50 sampling (eager, CUDA graphs)
 #        bench-scaling the SDDPM U-Net's training step against T, batch and resolution
+#        bench-families FSDDIM and Spiking-Diffusion against their SpikingJelly-built twins: training step, sampling
 # OUT_DIR (default $OUT, else benchmarks/results/gpu): each phase writes PHASE.log there; the test phases
 # a junit PHASE.xml, the benchmark phases append to results.jsonl (then: python -m spikekern.bench report).
 #
@@ -21,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 phase=${1:?"usage: bash benchmarks/gpu_run.sh PHASE [OUT_DIR]"}
 out=${2:-${OUT:-benchmarks/results/gpu}}
-phases=" tests-spike tests-neuron tests-models bench-neuron bench-spike bench-compile bench-sddpm bench-scaling "
+phases=" tests-spike tests-neuron tests-models bench-neuron bench-spike bench-compile bench-sddpm bench-scaling bench-families "
 [[ $phases == *" $phase "* ]] || { echo "unknown phase $phase; one of:$phases" >&2; exit 2; }
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -54,9 +55,11 @@ case "$phase" in
     tests-models) run_tests python_tests/test_models_sddpm.py python_tests/test_models_fsddim.py \
         python_tests/test_models_spiking_diffusion.py python_tests/test_pipeline_fsddim.py \
         python_tests/test_pipeline_spiking_diffusion.py python_tests/test_cli_sddpm.py python_tests/test_energy.py ;;
-    bench-neuron) run_bench benchmarks -k "not compile and not sddpm" --ignore benchmarks/test_spike_ops.py ;;
+    bench-neuron) run_bench benchmarks -k "not compile and not sddpm" --ignore benchmarks/test_spike_ops.py \
+        --ignore benchmarks/test_diffusion_families.py ;;
     bench-spike) run_bench benchmarks/test_spike_ops.py ;;
     bench-compile) run_bench benchmarks -k compile ;;
     bench-sddpm) run_bench benchmarks/test_diffusion_models.py -k "not scaling" ;;
     bench-scaling) run_bench benchmarks/test_diffusion_models.py -k scaling --bench-rounds 20 ;;
+    bench-families) run_bench benchmarks/test_diffusion_families.py ;;
 esac

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from bench_utils import (
-    DeviceTimer, SavedActivationMeter, assert_close_to_largest, benchmark_device, exact_float32, op_profile,
-    peak_memory_bytes,
+    SavedActivationMeter, assert_close_to_largest, benchmark_device, exact_float32, op_profile,
+    peak_memory_bytes, time_benchmark,
 )  # fmt: skip
 
 SPIKEKERN = "spikekern"
@@ -185,35 +185,36 @@ def spikingjelly_twin(model):
     return ResetBeforeEachCall(twin_net, functional.reset_net)
 
 
-def fastest_spikingjelly_neurons(twin, device):
-    """Puts the twin's neurons on SpikingJelly's fastest path for the measured dtype; returns how they run.
+def fastest_spikingjelly_neurons(net, device, kind="if", node_text="IFNode(step_mode='m')"):
+    """Puts the SpikingJelly neurons of ``net`` (of ``kind``, "if" or "lif") on SpikingJelly's fastest path
+    for the measured dtype; returns how they run.
 
     Under bfloat16 autocast a node holds its membrane in its input's dtype, and SpikingJelly then falls back
     to its PyTorch reference; ``prepare_model_for_precision`` with a float32 neuron state is its way to keep
     bfloat16 input on its fused (Triton) kernels.
     """
     functional = pytest.importorskip("spikingjelly.activation_based.functional")
-    implementation = functional.neuron_implementation("if", device)["implementation"]
+    implementation = functional.neuron_implementation(kind, device)["implementation"]
     if device.type != "cuda":
-        return f"SpikingJelly IFNode(step_mode='m'): {implementation}, layer.Conv2d(step_mode='m')"
+        return f"SpikingJelly {node_text}: {implementation}"
     precision = pytest.importorskip("spikingjelly.activation_based.precision")
     config = precision.PrecisionConfig(mode="bf16", neuron_storage="fp32")
     try:
-        precision.prepare_model_for_precision(twin.net, device, config)
+        precision.prepare_model_for_precision(net, device, config)
     except RuntimeError as error:
         return (
-            f"SpikingJelly IFNode(step_mode='m'): {implementation} for float32 input, its PyTorch reference for "
-            f"bfloat16 (PrecisionConfig(neuron_storage='fp32') refused: {error}), layer.Conv2d(step_mode='m')"
+            f"SpikingJelly {node_text}: {implementation} for float32 input, its PyTorch reference for bfloat16 "
+            f"(PrecisionConfig(neuron_storage='fp32') refused: {error})"
         )
     return (
-        "SpikingJelly IFNode(step_mode='m') with PrecisionConfig(mode='bf16', neuron_storage='fp32'): Triton, "
-        "float32 membrane for bfloat16 input; layer.Conv2d(step_mode='m')"
+        f"SpikingJelly {node_text} with PrecisionConfig(mode='bf16', neuron_storage='fp32'): Triton, float32 "
+        "membrane for bfloat16 input"
     )
 
 
 def spikingjelly_variant(size, device):
     twin = spikingjelly_twin(spikekern_network(size.config(), device))
-    detail = fastest_spikingjelly_neurons(twin, device)
+    detail = f"{fastest_spikingjelly_neurons(twin.net, device)}, layer.Conv2d(step_mode='m')"
     return DiffusionVariant(twin, twin.net.config, twin.reset, detail)
 
 
@@ -277,7 +278,7 @@ def twin_checked(bench_device):
     what spikekern's does, in float32 on a small batch (a fast wrong kernel cannot win)."""
     model = spikekern_network(HEADLINE.config(), bench_device)
     twin = spikingjelly_twin(model)
-    fastest_spikingjelly_neurons(twin, bench_device)  # the kernels the twin is measured with
+    fastest_spikingjelly_neurons(twin.net, bench_device)  # the kernels the twin is measured with
     config = model.config
     generator = torch.Generator(bench_device).manual_seed(0)
     shape = (CHECK_BATCH, config.image_channels, config.image_size, config.image_size)
@@ -308,6 +309,25 @@ def training_batch(config, batch, device, num_steps):
     t = torch.randint(0, num_steps, (batch,), generator=generator, device=device)
     noise = torch.randn(shape, generator=generator, device=device)
     return x0, t, noise
+
+
+def training_step_memory(measured, pipeline, x0, step, device, **loss_options):
+    """(peak bytes of one ``step``, bytes autograd saves for backward in one loss) of ``measured``."""
+    # The state the last call left would be freed inside the measured step, hiding its share of the peak.
+    measured.reset()
+    peak_bytes = peak_memory_bytes(step, device)
+    with bfloat16_autocast(device), SavedActivationMeter() as saved:
+        held_loss = pipeline.loss(measured.model, x0, **loss_options)  # held while the meter reads its graph
+    saved_bytes = saved.nbytes
+    del held_loss  # what runs next needs that memory
+    return peak_bytes, saved_bytes
+
+
+def throughput_metrics(timer, rounds, batch, **measurements):
+    """The timing statistics of the last ``rounds`` calls, images/s at ``batch`` images a call, and
+    ``measurements``: what every diffusion case records besides its case."""
+    stats = timer.stats(rounds)
+    return {**asdict(stats), "images_per_s": batch / (stats.median_ms * 1e-3), **measurements}
 
 
 def case_record(request, kind, size, variant, measured, headline, provider=None):
@@ -356,33 +376,18 @@ def test_sddpm_training_step(benchmark, request, bench_device, bench_timing, ben
     def step():
         return trainer.step(x0, t=t, noise=noise)
 
-    timer = DeviceTimer(bench_device)
-    benchmark.group = f"sddpm training step {size.label()}"
-    benchmark.pedantic(
-        timer.timed(step), setup=timer.untimed(), rounds=bench_timing.rounds, warmup_rounds=bench_timing.warmup
-    )
+    timer = time_benchmark(benchmark, bench_timing, bench_device, step, f"sddpm training step {size.label()}")
 
-    # The state the last call left would be freed inside the measured step, hiding its share of the peak.
-    measured.reset()
-    peak_bytes = peak_memory_bytes(step, bench_device)
-    with bfloat16_autocast(bench_device), SavedActivationMeter() as saved:
-        held_loss = pipeline.loss(measured.model, x0, t=t, noise=noise)  # held while the meter reads its graph
-    saved_bytes = saved.nbytes
-    del held_loss  # the profiled step needs that memory
+    peak_bytes, saved_bytes = training_step_memory(measured, pipeline, x0, step, bench_device, t=t, noise=noise)
     headline = size == HEADLINE
     profile = op_profile(step, bench_device) if headline else None
     if benchmark.disabled:
         return  # a smoke run: every step ran once and nothing was timed
 
-    stats = timer.stats(bench_timing.rounds)
-    metrics = {
-        **asdict(stats),
-        "images_per_s": size.batch / (stats.median_ms * 1e-3),
-        "peak_memory_bytes": peak_bytes,
-        "saved_bytes": saved_bytes,
-        "parameter_count": parameter_count(measured.model),
-        "profile": profile,
-    }
+    metrics = throughput_metrics(
+        timer, bench_timing.rounds, size.batch, peak_memory_bytes=peak_bytes, saved_bytes=saved_bytes,
+        parameter_count=parameter_count(measured.model), profile=profile,
+    )  # fmt: skip
     benchmark.extra_info.update(
         bench_results.append({**case_record(request, "train", size, variant, measured, headline), **metrics})
     )
@@ -414,9 +419,8 @@ def test_sddpm_sampling(benchmark, request, bench_device, bench_timing, bench_re
 
     # One call runs the network SAMPLING_STEPS times: a tenth of the rounds, one warm-up.
     timing = replace(bench_timing, warmup=min(bench_timing.warmup, 1), rounds=max(1, bench_timing.rounds // 10))
-    timer = DeviceTimer(bench_device)
-    benchmark.group = f"sddpm DDIM-{SAMPLING_STEPS} sampling {HEADLINE.label()}"
-    benchmark.pedantic(timer.timed(sample), setup=timer.untimed(), rounds=timing.rounds, warmup_rounds=timing.warmup)
+    group = f"sddpm DDIM-{SAMPLING_STEPS} sampling {HEADLINE.label()}"
+    timer = time_benchmark(benchmark, timing, bench_device, sample, group)
 
     measured.reset()
     peak_bytes = peak_memory_bytes(sample, bench_device)
@@ -424,15 +428,10 @@ def test_sddpm_sampling(benchmark, request, bench_device, bench_timing, bench_re
     if benchmark.disabled:
         return  # a smoke run: every step ran once and nothing was timed
 
-    stats = timer.stats(timing.rounds)
-    metrics = {
-        **asdict(stats),
-        "sampling_steps": SAMPLING_STEPS,
-        "images_per_s": HEADLINE.batch / (stats.median_ms * 1e-3),
-        "peak_memory_bytes": peak_bytes,
-        "parameter_count": parameter_count(model),
-        "profile": profile,
-    }
+    metrics = throughput_metrics(
+        timer, timing.rounds, HEADLINE.batch, sampling_steps=SAMPLING_STEPS, peak_memory_bytes=peak_bytes,
+        parameter_count=parameter_count(model), profile=profile,
+    )  # fmt: skip
     benchmark.extra_info.update(
         bench_results.append({
             **case_record(request, "sample", HEADLINE, variant, measured, True,

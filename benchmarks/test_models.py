@@ -10,7 +10,7 @@ from functools import partial
 import pytest
 import torch
 
-from bench_utils import DeviceTimer, SavedActivationMeter, peak_memory_bytes
+from bench_utils import SavedActivationMeter, peak_memory_bytes, time_benchmark
 
 NUM_CLASSES = 10
 BASELINE = "original"  # the model as its users write it; the other variants start from a copy of it
@@ -262,11 +262,7 @@ def test_model_training_step(benchmark, request, bench_device, bench_timing, ben
     def step():
         return training_step(measured, x_seq, labels)
 
-    timer = DeviceTimer(bench_device)
-    benchmark.group = f"{model} fwd+bwd {list(size.input_shape)}"
-    benchmark.pedantic(
-        timer.timed(step), setup=timer.untimed(), rounds=bench_timing.rounds, warmup_rounds=bench_timing.warmup
-    )
+    timer = time_benchmark(benchmark, bench_timing, bench_device, step, f"{model} fwd+bwd {list(size.input_shape)}")
 
     # The state the last call left would be freed inside the measured step, hiding its share of the peak.
     measured.reset()

@@ -9,7 +9,7 @@ from functools import partial
 import pytest
 import torch
 
-from bench_utils import DeviceTimer, SavedActivationMeter, bandwidth_metrics, spikekern_backend_reasons
+from bench_utils import SavedActivationMeter, bandwidth_metrics, spikekern_backend_reasons, time_benchmark
 
 # SpikingJelly's defaults, which every provider is set up to reproduce.
 TAU = 2.0
@@ -183,11 +183,8 @@ def test_neuron_multistep(
         "backward": (lambda: ((layer.forward(x_seq),), {}), backward),
         "full": (None, lambda: backward(layer.forward(x_seq))),
     }[mode]
-    timer = DeviceTimer(bench_device)
-    benchmark.group = f"{neuron} {mode} {dtype_name} {list(shape)}"
-    benchmark.pedantic(
-        timer.timed(step), setup=timer.untimed(setup), rounds=bench_timing.rounds, warmup_rounds=bench_timing.warmup
-    )
+    group = f"{neuron} {mode} {dtype_name} {list(shape)}"
+    timer = time_benchmark(benchmark, bench_timing, bench_device, step, group, setup)
 
     # After timing, so that torch.compile has compiled outside the hooks.
     with SavedActivationMeter() as saved:

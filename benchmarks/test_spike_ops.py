@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from bench_utils import (
-    DeviceTimer, SavedActivationMeter, assert_close_to_largest, benchmark_device, exact_float32, peak_memory_bytes,
-    spikekern_backend_reasons,
+    SavedActivationMeter, assert_close_to_largest, benchmark_device, exact_float32, peak_memory_bytes,
+    spikekern_backend_reasons, time_benchmark,
 )  # fmt: skip
 
 ON_GPU = benchmark_device().type == "cuda"
@@ -127,16 +127,6 @@ def check_against_float32(op, provider, mode, inputs, grad_y):
         assert_close_to_largest(value, reference.to(value.dtype), tolerance, f"{op.spikekern} {what}", floor=1.0)
 
 
-def time_case(benchmark, bench_timing, device, step, group):
-    """``step`` timed as every benchmark is (README.md: Metrics); returns the timer."""
-    timer = DeviceTimer(device)
-    benchmark.group = group
-    benchmark.pedantic(
-        timer.timed(step), setup=timer.untimed(), rounds=bench_timing.rounds, warmup_rounds=bench_timing.warmup
-    )
-    return timer
-
-
 SPIKE_CASES = [
     pytest.param(op.name, mode, rate, provider, id=f"{op.name}-{mode}-rate{rate:g}-{provider}")
     for op in SPIKE_OPS.values()
@@ -172,7 +162,7 @@ def test_spike_op(
 
     step = forward if mode == "forward" else forward_backward
     group = f"{op_name} {mode} {dtype_name} rate {rate:g} {list(s.shape)}"
-    timer = time_case(benchmark, bench_timing, bench_device, step, group)
+    timer = time_benchmark(benchmark, bench_timing, bench_device, step, group)
     peak_bytes = peak_memory_bytes(step, bench_device)
     # The weight and bias are the layer's parameters, held whether autograd saves them or not.
     with SavedActivationMeter(excluding=(weight, bias)) as saved:
@@ -354,7 +344,7 @@ def test_conv_bn_lif_inference(benchmark, request, bench_device, bench_timing, b
     if provider == FUSED:  # the baseline is what users run, TF32 included
         check_fused_spikes(spikes, problem)
     group = f"conv_bn_lif inference {dtype_name} {list(FUSED_SHAPE)}"
-    timer = time_case(benchmark, bench_timing, bench_device, step, group)
+    timer = time_benchmark(benchmark, bench_timing, bench_device, step, group)
     peak_bytes = peak_memory_bytes(step, bench_device)
     if benchmark.disabled:
         return  # a smoke run: every step ran once and nothing was timed

@@ -4,7 +4,8 @@ RESULTS is the JSON-lines file the benchmarks append to, or pytest-benchmark's `
 (the benchmarks put each result in its ``extra_info``). Writes report.md (per device: the issue's targets,
 then every model and every neuron-op case with its providers side by side, the spike ops against the
 dense baselines over spike rates, then the SDDPM U-Net: its headline case against its targets, with
-per-op profiles where one is missed, and its scaling with T, batch and resolution), neuron_ops.png
+per-op profiles where one is missed, and its scaling with T, batch and resolution; then FSDDIM and
+Spiking-Diffusion against the same networks built from SpikingJelly layers), neuron_ops.png
 (fwd+bwd time and fraction of copy bandwidth per provider), models.png (training-step time and peak
 memory per variant), spike_ops.png (speed-up against spike rate; the fused block as bars) and
 diffusion_models.png (SDDPM training-step time and memory against T) next to the results file, or in
@@ -22,6 +23,7 @@ NEURON_SUITE = "neuron_ops"
 MODEL_SUITE = "models"
 DIFFUSION_SUITE = "diffusion_models"
 SPIKE_SUITE = "spike_ops"
+FAMILY_SUITE = "diffusion_families"
 NEURON_ORDER = ("lif", "if", "plif")
 MODE_TITLES = {"forward": "forward", "backward": "backward", "full": "fwd+bwd"}
 DTYPE_ORDER = ("float32", "bfloat16")
@@ -464,6 +466,64 @@ def diffusion_scaling_lines(cases):
     ]
 
 
+# FSDDIM and Spiking-Diffusion (benchmarks/test_diffusion_families.py): spikekern's network against the same
+# network built from SpikingJelly layers. The issue sets no targets for them: the ratios are reported as measured.
+FAMILY_TITLES = {"fsddim": "FSDDIM", "spiking-diffusion": "Spiking-Diffusion"}
+FAMILY_MEASURED, FAMILY_PEER = "spikekern", "spikingjelly"
+FAMILY_RATIOS = (
+    ("training step: speed-up", "train", lambda result, peer: peer["median_ms"] / result["median_ms"]),
+    (f"training step: peak memory, x {FAMILY_PEER}'s", "train", peak_memory_ratio),
+    (f"training step: saved for backward, x {FAMILY_PEER}'s", "train",
+     lambda result, peer: result["saved_bytes"] / peer["saved_bytes"] if peer["saved_bytes"] else None),
+    ("sampling: speed-up (images/s)", "sample", lambda result, peer: result["images_per_s"] / peer["images_per_s"]),
+    (f"sampling: peak memory, x {FAMILY_PEER}'s", "sample", peak_memory_ratio),
+)  # fmt: skip
+
+
+def family_case_key(result):
+    return result["family"], result["case"], tuple(result["shape"]), result["kind"]
+
+
+def family_groups(cases):
+    """{(family, case, shape): {kind: {variant: result}}}, in the report's order."""
+    groups = {}
+    for (family, case, shape, kind), results in sorted(cases.items()):
+        groups.setdefault((family, case, shape), {})[kind] = results
+    return groups
+
+
+def family_title(kinds):
+    result = first_result(kinds)
+    parts = [DIFFUSION_KIND_TITLES["train"]] if "train" in kinds else []
+    if "sample" in kinds:
+        parts.append(f"sampling ({next(iter(kinds['sample'].values()))['sampler']})")
+    family = FAMILY_TITLES.get(result["family"], result["family"])
+    return (
+        f"{family} {result['case']}, {shape_text(result)}: {' and '.join(parts)}, "
+        f"{result['parameter_count'] / 1e6:.2f}M parameters"
+    )
+
+
+def family_ratio_lines(kinds):
+    """spikekern's ratios to the SpikingJelly-built network, where both ran ("n/a" where a figure is missing,
+    such as peak memory on the CPU)."""
+    rows = []
+    for what, kind, ratio in FAMILY_RATIOS:
+        results = kinds.get(kind, {})
+        measured, peer = results.get(FAMILY_MEASURED), results.get(FAMILY_PEER)
+        value = None if measured is None or peer is None else ratio(measured, peer)
+        rows.append(f"| {what} | {optional_number(value, '.2f') or 'n/a'} |")
+    return [f"| {FAMILY_MEASURED} against {FAMILY_PEER} | ratio |", "|---|---:|", *rows]
+
+
+def family_sections(cases):
+    lines = []
+    for kinds in family_groups(cases).values():
+        lines += [f"### {family_title(kinds)}", "", *diffusion_headline_table(kinds), ""]
+        lines += [*family_ratio_lines(kinds), ""]
+    return lines
+
+
 # The spike ops (benchmarks/test_spike_ops.py): spikekern's ops over spike rates against the dense op of the
 # same dtype, each case's "baseline" provider; the issue's targets hold at these shapes on a GPU.
 SPIKE_OP_ORDER = ("conv2d", "linear", "conv_bn_lif")
@@ -686,8 +746,8 @@ def draw_fused_bars(device, providers, baseline, axes, colors):
 
 
 def markdown(suites):
-    """Per device: its environment, the targets, then the model cases, the neuron-op cases, the spike ops
-    and the SDDPM U-Net. suites: {suite: its newest results, by device}."""
+    """Per device: its environment, the targets, then the model cases, the neuron-op cases, the spike ops,
+    the SDDPM U-Net, and FSDDIM and Spiking-Diffusion. suites: {suite: its newest results, by device}."""
     lines = ["# spikekern benchmarks", ""]
     lines += ["Written by `python -m spikekern.bench report`; benchmarks/README.md explains the columns."]
     for device in dict.fromkeys(device for by_device in suites.values() for device in by_device):
@@ -714,6 +774,7 @@ def markdown(suites):
         lines += spike_sections(cases[SPIKE_SUITE])
         lines += diffusion_headline_sections(cases[DIFFUSION_SUITE])
         lines += diffusion_scaling_lines(cases[DIFFUSION_SUITE])
+        lines += family_sections(cases[FAMILY_SUITE])
     return "\n".join(lines)
 
 
@@ -855,6 +916,7 @@ CASE_KEYS = {
     NEURON_SUITE: neuron_case_key,
     SPIKE_SUITE: spike_case_key,
     DIFFUSION_SUITE: diffusion_case_key,
+    FAMILY_SUITE: family_case_key,
 }
 
 
