@@ -211,11 +211,16 @@ def test_sampling_defaults_parse_and_refuse():
 
 def test_resuming_a_finished_run_only_records_new_sampling_defaults(run_dir, tmp_path):
     out = _copy_of_run(run_dir, tmp_path / "finished")
-    train.main(["--out", str(out), "--resume", "--steps", "4", "--batch-size", "8", "--sampling-defaults", "ddim:2:1",
-                "--sample-n", "2", "--sample-steps", "2", "--no-progress"])  # fmt: skip
+    trained = json.loads((run_dir / "model.json").read_text())["training"]
+    train.main(["--out", str(out), "--resume", "--steps", "4", "--batch-size", "16", "--lr", "0.5", "--seed", "9",
+                "--sampling-defaults", "ddim:2:1", "--sample-n", "2", "--sample-steps", "2", "--no-progress"])  # fmt: skip
     config = json.loads((out / "model.json").read_text())
     assert config["training"]["step"] == 4 and config["sampling"] == {"sampler": "ddim", "steps": 2, "eta": 1.0}
     assert (out / "samples_0000004.png").is_file()
+    # The settings it trained with, not those of the invocation that trained nothing.
+    for key in ("batch_size", "lr", "seed", "lr_decay_steps"):
+        assert config["training"][key] == trained[key], key
+    assert len(config["training"]["commands"]) == len(trained["commands"]) + 1
 
 
 def test_the_embedded_default_model_loads_and_samples(tmp_path, capsys):

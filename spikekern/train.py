@@ -355,16 +355,21 @@ def _train(args, rank, world_size, device):
     )  # fmt: skip
     command = " ".join([PROGRAM, *map(shlex.quote, args.argv)])
     history = {"images_seen": 0, "elapsed_s": 0.0, "commands": [command]}
+    settings = _training_settings(args)
     if resumed is not None:
         training = resumed[1].get("training", {})
         trainer.load_state_tensors({k: v.to(device) for k, v in resumed[0].items()}, training.get("step", 0))
         history = {key: training.get(key, history[key]) for key in history}
         history["commands"] = [*training.get("commands", []), command]  # every invocation that trained it
+        if trainer.step_count >= args.steps:
+            # A finished run resumed for new sampling defaults: its settings are those it trained with.
+            settings = {key: training.get(key, value) for key, value in settings.items()}
     torch.manual_seed(args.seed * 1000 + rank + 7919 * trainer.step_count)  # distinct noise per process and resume
     batches = _batches(dataset, args.batch_size // world_size, rank, world_size, args.seed + trainer.step_count, args.workers)
 
     def save():
-        config = pipeline.config() | {"training": _training_record(args, trainer.step_count, history, float(loss_mean))}
+        record = {"step": trainer.step_count, **settings, "loss": float(loss_mean), **history}
+        config = pipeline.config() | {"training": record}
         save_checkpoint(last_path, trainer.state_tensors(), config)
         weights = {f"model.{k}": v for k, v in trainer.ema.model.state_dict().items()}
         save_checkpoint(os.path.join(args.out, "model.safetensors"), weights, config)
@@ -421,12 +426,11 @@ def _grid_scale(pipeline):
     return max(1, 128 // pipeline.image_shape[-1])
 
 
-def _training_record(args, step, history, loss):
+def _training_settings(args):
     return {
-        "step": step, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": args.warmup_steps,
-        "lr_decay_steps": args.lr_decay_steps, "ema_decay": args.ema_decay,
-        "grad_clip": args.grad_clip, "data": args.data, "seed": args.seed, "loss": loss,
-        **history,
+        "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": args.warmup_steps,
+        "lr_decay_steps": args.lr_decay_steps, "ema_decay": args.ema_decay, "grad_clip": args.grad_clip,
+        "data": args.data, "seed": args.seed,
     }  # fmt: skip
 
 
