@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from model_helpers import sample_embedded_default
+
 from spikekern import sample, train
 from spikekern.diffusion import GaussianDiffusion
 from spikekern.models import FSDDIMUNet
@@ -310,3 +312,9 @@ def test_ddp_over_two_processes_equals_one_process_on_the_whole_batch(tmp_path):
         torch.testing.assert_close(ddp["grads"][name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
     for name, buffer in model.named_buffers():
         torch.testing.assert_close(ddp["buffers"][name], buffer, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_embedded_default_model_loads_and_samples(tmp_path, capsys):
+    config = sample_embedded_default("fsddim", tmp_path / "embedded.npy", capsys, "--steps", "2")
+    assert config["family"] == "fsddim" and config["model"]["preset"] == "digits"
+    assert config["training"]["step"] == 2100 and config["sampling"] == {"sampler": "ddim", "steps": 50, "eta": 1.0}
