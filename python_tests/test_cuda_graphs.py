@@ -22,6 +22,13 @@ def test_denoiser_is_the_model_unless_graphs_are_asked_for():
         denoiser(model, "on")
 
 
+def test_a_graphed_denoiser_refuses_a_bad_warmup_count():
+    with pytest.raises(ValueError, match="warmup_calls must be at least 0, got -1"):
+        GraphedDenoiser(torch.nn.Identity(), warmup_calls=-1)
+    with pytest.raises(TypeError, match="warmup_calls must be an int, got float"):
+        GraphedDenoiser(torch.nn.Identity(), warmup_calls=1.5)
+
+
 def test_pipelines_refuse_graphs_for_a_cpu_model():
     pipeline = SDDPMPipeline.from_preset("digits", base_channels=8, time_steps=2)
     model = pipeline.build_model(spike_conv=False).eval()

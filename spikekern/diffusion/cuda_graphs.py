@@ -26,6 +26,10 @@ class GraphedDenoiser:
     compile and autotune the Triton kernels and let cuDNN choose its algorithms outside the capture."""
 
     def __init__(self, model, warmup_calls=2):
+        if isinstance(warmup_calls, bool) or not isinstance(warmup_calls, int):
+            raise TypeError(f"warmup_calls must be an int, got {type(warmup_calls).__name__}")
+        if warmup_calls < 0:
+            raise ValueError(f"warmup_calls must be at least 0, got {warmup_calls}")
         self.model = model
         self.warmup_calls = warmup_calls
         self._graphs = {}
