@@ -3,7 +3,7 @@ the AOT case maker for kernels that read packed words."""
 
 import pytest
 import torch
-from conftest import DEVICE
+from conftest import DEVICE, assert_close_verbose
 from triton_aot import case
 
 from spikekern.ops import available_backends
@@ -24,6 +24,22 @@ def forward_backward(function, *inputs_and_grad_out):
     out = function(*leaves)
     out.backward(grad_out)
     return out.detach(), [leaf.grad for leaf in leaves]
+
+
+def check_gradients_of_subset(function, reference, inputs, grad_out, wanted):
+    """Runs ``function(s, weight, bias)`` with only the inputs named in ``wanted`` ("s+bias", ...)
+    requiring gradients: those must match ``reference``'s (float32 tolerance), the others stay None."""
+    names = ("s", "weight", "bias")
+    leaves = [t.clone().requires_grad_(name in wanted.split("+")) for name, t in zip(names, inputs)]
+    function(*leaves).backward(grad_out)
+    _, expected = forward_backward(reference, *inputs, grad_out)
+    tolerance = FLOAT_TOLERANCE[torch.float32]
+    for name, leaf, expected_grad in zip(names, leaves, expected):
+        if leaf.requires_grad:
+            scale = max(expected_grad.abs().max().item(), 1.0)
+            assert_close_verbose(leaf.grad, expected_grad, tolerance, tolerance * scale, f"grad {name}")
+        else:
+            assert leaf.grad is None, name
 
 
 def spike_aot_case(module, kernel, dtype, constexprs):

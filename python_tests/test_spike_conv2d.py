@@ -12,7 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import DEVICE, assert_bit_equal, assert_close_verbose
-from spike_helpers import FLOAT_TOLERANCE, GPU_ONLY, TRITON_USABLE, forward_backward, spike_aot_case
+from spike_helpers import (
+    FLOAT_TOLERANCE, GPU_ONLY, TRITON_USABLE, check_gradients_of_subset, forward_backward, spike_aot_case,
+)  # fmt: skip
 from triton_aot import compile_test
 
 from spikekern.ops.spike_conv2d import SPARSE_MAX_DENSITY, ordered_reference_forward, spike_conv2d, spike_conv2d_plan
@@ -132,6 +134,17 @@ def test_channels_last_input_and_channels_last_output(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_batch(backend):
     check_close_to_f_conv2d(backend, make_problem((0, 5, 6, 7), 7, (3, 3), padding=1), 1, {"padding": 1})
+
+
+@pytest.mark.parametrize("backend,path", RUNS, ids=RUN_IDS)
+@pytest.mark.parametrize("wanted", ["s", "weight", "bias", "s+weight", "s+bias", "weight+bias"])
+def test_gradients_of_any_subset_of_the_inputs(backend, path, wanted):
+    """A frozen weight and bias, or spikes that need no gradient: only the asked-for gradients, F.conv2d's."""
+    *inputs, grad_out = make_problem((2, 5, 6, 7), 7, (3, 3), stride=2, padding=1)
+    check_gradients_of_subset(
+        lambda *a: spike_conv2d(*a, stride=2, padding=1, path=path, backend=backend),
+        lambda *a: F.conv2d(*a, stride=2, padding=1), inputs, grad_out, wanted,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -12,7 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import DEVICE, assert_bit_equal, assert_close_verbose, cuda_schemas
-from spike_helpers import FAST_BACKENDS, FLOAT_TOLERANCE, GPU_ONLY, forward_backward, spike_aot_case
+from spike_helpers import (
+    FAST_BACKENDS, FLOAT_TOLERANCE, GPU_ONLY, check_gradients_of_subset, forward_backward, spike_aot_case,
+)  # fmt: skip
 from triton_aot import compile_test
 
 from spikekern.ops.spike_linear import (
@@ -101,6 +103,16 @@ def test_non_contiguous_spikes(backend, path):
 @pytest.mark.parametrize("shape,out_features", [((0, 7), 5), ((3, 0), 4), ((3, 7), 0), ((2, 0, 7), 5)], ids=str)
 def test_empty(backend, path, shape, out_features):
     check_close_to_f_linear(backend, path, make_problem(shape, out_features, 0.5), torch.float32)
+
+
+@pytest.mark.parametrize("backend,path", RUNS)
+@pytest.mark.parametrize("wanted", ["s", "weight", "bias", "s+weight", "s+bias", "weight+bias"])
+def test_gradients_of_any_subset_of_the_inputs(backend, path, wanted):
+    """A frozen weight and bias, or spikes that need no gradient: only the asked-for gradients, F.linear's."""
+    *inputs, grad_out = make_problem((6, 70), 33, 0.2)
+    check_gradients_of_subset(
+        lambda *a: spike_linear(*a, path=path, backend=backend), F.linear, inputs, grad_out, wanted
+    )
 
 
 @pytest.mark.parametrize("backend,path", RUNS)

@@ -201,12 +201,12 @@ def spike_conv2d_backward(
     args = (grad_out, packed, weight.contiguous(), stride, padding, dilation, groups, output_mask)
     grads = _reference_backward(*args) if backend == "torch" else _kernel_backward(backend, *args)
     grad_input, grad_weight, grad_bias = grads
-    # Fixed layouts, the ones the fake kernel promises, whatever the backend's convolution chose.
-    empty = grad_out.new_empty(0)
+    # Fixed layouts, the ones the fake kernel promises, whatever the backend's convolution chose; one
+    # empty tensor for each gradient not asked for, as a custom op's outputs may not alias one another.
     return (
-        empty if grad_input is None else grad_input.contiguous(memory_format=torch.channels_last),
-        empty if grad_weight is None else grad_weight.contiguous(),
-        empty if grad_bias is None else grad_bias,
+        grad_out.new_empty(0) if grad_input is None else grad_input.contiguous(memory_format=torch.channels_last),
+        grad_out.new_empty(0) if grad_weight is None else grad_weight.contiguous(),
+        grad_out.new_empty(0) if grad_bias is None else grad_bias,
     )
 
 
@@ -215,11 +215,12 @@ def _(grad_out, packed, weight, stride, padding, dilation, groups, needs_input_g
       needs_bias_grad, backend):  # fmt: skip
     batch, height, width, _ = packed.shape
     input_shape = (batch, weight.shape[1] * groups, height, width)
-    empty = grad_out.new_empty(0)
     return (
-        grad_out.new_empty(input_shape).contiguous(memory_format=torch.channels_last) if needs_input_grad else empty,
-        grad_out.new_empty(weight.shape) if needs_weight_grad else empty,
-        grad_out.new_empty(weight.shape[0]) if needs_bias_grad else empty,
+        grad_out.new_empty(input_shape).contiguous(memory_format=torch.channels_last)
+        if needs_input_grad
+        else grad_out.new_empty(0),
+        grad_out.new_empty(weight.shape if needs_weight_grad else (0,)),
+        grad_out.new_empty(weight.shape[0] if needs_bias_grad else 0),
     )
 
 

@@ -85,11 +85,11 @@ def ordered_masked_sum(mask: Tensor, values: Tensor) -> Tensor:
 
 
 def _backward_results(grad_out, weight, needs_input_grad, needs_bias_grad, grad_weight):
-    """The three gradients, with empty tensors for the ones not asked for."""
-    empty = grad_out.new_empty(0)
-    grad_input = grad_out.mm(weight) if needs_input_grad else empty
-    grad_bias = grad_out.sum(0) if needs_bias_grad else empty
-    return grad_input, empty if grad_weight is None else grad_weight, grad_bias
+    """The three gradients, with an empty tensor for each one not asked for (a custom op's outputs may
+    not alias one another)."""
+    grad_input = grad_out.mm(weight) if needs_input_grad else grad_out.new_empty(0)
+    grad_bias = grad_out.sum(0) if needs_bias_grad else grad_out.new_empty(0)
+    return grad_input, grad_out.new_empty(0) if grad_weight is None else grad_weight, grad_bias
 
 
 # ----------------------------------------------------------------------------------------------
