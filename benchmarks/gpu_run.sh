@@ -7,6 +7,7 @@
 # PHASE: tests-spike   GPU tests of the spike ops, the fused block and CUDA-graph sampling
 #        tests-neuron  GPU tests of the neuron and Leaky ops and the layers
 #        tests-models  GPU tests of the models, pipelines and commands
+#        tests-index   index math beyond 2^31 elements in every op (needs a GPU with 40 GB)
 #        bench-neuron  neuron-op and whole-model benchmarks (not torch.compile)
 #        bench-spike   spike_conv2d / spike_linear / fused block against cuDNN and cuBLAS
 #        bench-compile the torch.compile cases
@@ -22,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 phase=${1:?"usage: bash benchmarks/gpu_run.sh PHASE [OUT_DIR]"}
 out=${2:-${OUT:-benchmarks/results/gpu}}
-phases=" tests-spike tests-neuron tests-models bench-neuron bench-spike bench-compile bench-sddpm bench-scaling bench-families "
+phases=" tests-spike tests-neuron tests-models tests-index bench-neuron bench-spike bench-compile bench-sddpm bench-scaling bench-families "
 [[ $phases == *" $phase "* ]] || { echo "unknown phase $phase; one of:$phases" >&2; exit 2; }
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -55,6 +56,8 @@ case "$phase" in
     tests-models) run_tests python_tests/test_models_sddpm.py python_tests/test_models_fsddim.py \
         python_tests/test_models_spiking_diffusion.py python_tests/test_pipeline_fsddim.py \
         python_tests/test_pipeline_spiking_diffusion.py python_tests/test_cli_sddpm.py python_tests/test_energy.py ;;
+    tests-index) SPIKEKERN_SLOW_TESTS=1 run_tests python_tests/test_spike_index_math.py \
+        python_tests/test_neuron_backends.py python_tests/test_leaky_backends.py -k index_math ;;
     bench-neuron) run_bench benchmarks -k "not compile and not sddpm" --ignore benchmarks/test_spike_ops.py \
         --ignore benchmarks/test_diffusion_families.py ;;
     bench-spike) run_bench benchmarks/test_spike_ops.py ;;
