@@ -48,6 +48,13 @@ def test_digits_preset_is_small():
     assert model.config.num_tokens == 16 and model.config.image_size == 16
 
 
+def test_denoiser_width_is_set_apart_from_the_vq_svae():
+    wide = SpikingDiffusion.from_preset("digits", denoiser_channels=16, spike_conv=False)
+    assert (_parameters(wide.vq), _parameters(wide.denoiser)) == (6_530, 776_608)
+    assert wide.denoiser.stem.conv.out_channels == 32 and wide.config.sdid_channels == 16
+    assert preset_config("digits").sdid_channels == 8  # None: the VQ-SVAE's base_channels
+
+
 @pytest.mark.parametrize("preset", ["digits", "spiking-diffusion-mnist"])
 def test_shapes(preset):
     config = preset_config(preset, time_steps=2)
@@ -169,6 +176,7 @@ def test_container_freezes_the_vq_svae_in_stage_two():
         (lambda: SpikingDiffusionConfig(neuron="relu"), ValueError, "no ANN counterpart"),
         (lambda: SpikingDiffusionConfig(time_steps=0), ValueError, "time_steps"),
         (lambda: SpikingDiffusionConfig(data_variance=0.0), ValueError, "data_variance"),
+        (lambda: SpikingDiffusionConfig(denoiser_channels=0), ValueError, "denoiser_channels"),
         (lambda: preset_config("cifar10"), ValueError, "unknown preset"),
         (lambda: preset_config("digits", width=3), TypeError, "width"),
         (lambda: SpikingDiffusion(TINY, stage="both"), ValueError, "stage"),

@@ -140,6 +140,17 @@ def test_staged_training_writes_checkpoints_and_stage_two_starts_from_stage_one(
     assert not list(runs.glob("vq/samples_*.png")) and list(runs.glob("sd/samples_*.png"))
 
 
+def test_stage_two_may_size_its_denoiser_apart_from_stage_one(runs, tmp_path):
+    from spikekern.checkpoint import load_checkpoint
+
+    train.main([*TINY_ARGS, "--denoiser-channels", "3", "--stage", "diffusion", "--init",
+                str(runs / "vq" / "model.safetensors"), "--out", str(tmp_path / "wide"), *RUN_ARGS])  # fmt: skip
+    tensors, config = load_checkpoint(tmp_path / "wide" / "model.safetensors")
+    assert config["model"]["denoiser_channels"] == 3 and config["model"]["base_channels"] == 2
+    assert tensors["model.denoiser.stem.conv.weight"].shape[0] == 6
+    assert pipeline_from_config(config).build_model().denoiser.stem.conv.out_channels == 6
+
+
 def test_sample_command_is_deterministic(runs, tmp_path, capsys):
     paths = [tmp_path / "a.npy", tmp_path / "b.npy"]
     for path in paths:
@@ -158,6 +169,10 @@ def test_sample_command_is_deterministic(runs, tmp_path, capsys):
         (train, [*TINY_ARGS, "--stage", "diffusion", "--out", "{tmp}/r"], "pass --init"),
         (train, [*TINY_ARGS, "--base-channels", "4", "--stage", "diffusion", "--init", "{vq}", "--out", "{tmp}/r"],
          "another network config (base_channels differ)"),
+        (train, [*TINY_ARGS, "--denoiser-channels", "3", "--stage", "diffusion", "--init", "{sd}", "--out",
+                 "{tmp}/r"], "another network config (denoiser_channels differ)"),
+        (train, ["--model", "sddpm", "--denoiser-channels", "3", "--out", "{tmp}/r"],
+         "denoiser_channels: not a setting"),
         (train, [*TINY_ARGS, "--stage", "diffusion", "--init", "{vq}", "--resume", "--out", "{tmp}/r"],
          "only one of them"),
         (train, [*TINY_ARGS, "--stage", "generate", "--out", "{tmp}/r"], "stage must be one of"),

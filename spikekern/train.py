@@ -210,6 +210,8 @@ def _parser():
                         help="override the preset's neuron; relu trains the ANN counterpart")  # fmt: skip
     parser.add_argument("--time-steps", type=int, default=None, help="override the preset's spike steps T")
     parser.add_argument("--base-channels", type=int, default=None, help="override the preset's base width")
+    parser.add_argument("--denoiser-channels", type=int, default=None,
+                        help="spiking-diffusion: the stage-2 denoiser's own base width")  # fmt: skip
     parser.add_argument("--stage", default=None,
                         help="training stage of a staged family (spiking-diffusion: vq, then diffusion)")  # fmt: skip
     parser.add_argument("--init", default=None, metavar="CHECKPOINT",
@@ -282,8 +284,7 @@ def load_initial_weights(model, pipeline, path):
     tensors, config = load_checkpoint(path)
     if config.get("family") != pipeline.name:
         raise CheckpointError(f"--init {path!r} holds a {config.get('family')!r} model, not {pipeline.name!r}")
-    theirs, ours = config.get("model", {}), pipeline.config()["model"]
-    differing = sorted(key for key in theirs.keys() | ours.keys() if theirs.get(key) != ours.get(key))
+    differing = pipeline.init_differences(config)
     if differing:
         raise CheckpointError(
             f"--init {path!r} has another network config ({', '.join(differing)} differ); "
@@ -325,7 +326,10 @@ def _train(args, rank, world_size, device):
             raise CheckpointError(f"--resume: {last_path} is a {pipeline.name!r} run, not {args.model!r}")
     else:
         family = pipeline_class(args.model)
-        overrides = dict(neuron=args.neuron, time_steps=args.time_steps, base_channels=args.base_channels, stage=args.stage)
+        overrides = dict(
+            neuron=args.neuron, time_steps=args.time_steps, base_channels=args.base_channels,
+            denoiser_channels=args.denoiser_channels, stage=args.stage,
+        )  # fmt: skip
         overrides = {name: value for name, value in overrides.items() if value is not None}
         check_applies(family.from_preset, overrides, args.model)
         pipeline = family.from_preset(args.preset or family.default_preset, **overrides)

@@ -34,7 +34,8 @@ paper's abstract was found, so everything here is the code's.
 Not in the notes or the code, chosen here:
 
 - ``base_channels`` scales every width (encoder b, 2b; decoder 2b, b; SDID as above): the paper's
-  network is b = 32. Initialisation is torch's default everywhere, as the code's (SpikingJelly layers and
+  network is b = 32. ``denoiser_channels`` gives the SDID a b of its own, as the stage-2 network is
+  trained on a frozen stage 1 and may be sized apart from it. Initialisation is torch's default everywhere, as the code's (SpikingJelly layers and
   ``nn.Embedding``, whose N(0, 1) codebook the code keeps).
 - The layers fed by the static input (first encoder conv, generator conv, first SDID conv) run once on
   ``[B, C, H, W]`` and their BN output is repeated over the T steps instead of convolving T identical
@@ -75,6 +76,8 @@ class SpikingDiffusionConfig:
     image_channels: int = 1
     image_size: int = 28
     base_channels: int = 32
+    # The SDID's own b; None takes ``base_channels`` (the paper's network uses one b for both stages).
+    denoiser_channels: int | None = None
     embedding_dim: int = 16
     codebook_size: int = 128
     time_steps: int = 16
@@ -89,6 +92,8 @@ class SpikingDiffusionConfig:
         check_positive_ints(
             self, "image_channels", "image_size", "base_channels", "embedding_dim", "codebook_size", "time_steps"
         )  # fmt: skip
+        if self.denoiser_channels is not None:
+            check_positive_ints(self, "denoiser_channels")
         if self.image_size % 4:
             raise ValueError(f"image_size must be divisible by 4 (two stride-2 encoder layers), got {self.image_size}")
         if self.neuron not in NEURONS:
@@ -109,6 +114,11 @@ class SpikingDiffusionConfig:
     @property
     def num_tokens(self):
         return self.token_grid**2
+
+    @property
+    def sdid_channels(self):
+        """The SDID's b: ``denoiser_channels``, else ``base_channels``."""
+        return self.base_channels if self.denoiser_channels is None else self.denoiser_channels
 
     def to_dict(self):
         return asdict(self)
@@ -268,7 +278,7 @@ class SDID(nn.Module):
         super().__init__()
         _check_config(config)
         self.config = config
-        n, b, steps = config.neuron, config.base_channels, config.time_steps
+        n, b, steps = config.neuron, config.sdid_channels, config.time_steps
         widths = (2 * b, 4 * b, 8 * b, 16 * b, 8 * b)
         self.stem = ConvBNNeuron(nn.Conv2d(2, widths[0], 3, 1, 1), widths[0], n, steps)
         self.body = nn.Sequential(*(

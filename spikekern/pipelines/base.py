@@ -12,3 +12,8 @@ class ImagePipeline:
     @property
     def is_spiking(self):
         return self.model_config.neuron != "relu"
+
+    def init_differences(self, init_config):
+        """The network-config fields in which a checkpoint's config (``--init``) differs from this one's."""
+        theirs, ours = init_config.get("model", {}), self.config()["model"]
+        return sorted(key for key in theirs.keys() | ours.keys() if theirs.get(key) != ours.get(key))

@@ -93,6 +93,13 @@ class SpikingDiffusionPipeline(ImagePipeline):
             )
         return None
 
+    def init_differences(self, init_config):
+        """As every pipeline's, except that a stage-1 checkpoint has no denoiser to differ in."""
+        differences = super().init_differences(init_config)
+        if init_config.get("stage") == "vq":
+            differences = [key for key in differences if key != "denoiser_channels"]
+        return differences
+
     def build_model(self, spike_conv=True):
         """The ``SpikingDiffusion`` container of this stage (in stage "diffusion" its VQ-SVAE is frozen)."""
         return SpikingDiffusion(self.model_config, stage=self.stage, spike_conv=spike_conv)
