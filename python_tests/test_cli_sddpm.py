@@ -59,6 +59,26 @@ def test_resume_continues_the_step_count(run_dir, tmp_path):
     assert len(commands) == 2 and "--resume" in commands[1] and "--resume" not in commands[0]
 
 
+def test_init_from_a_run_of_another_time_steps_fine_tunes_it(run_dir, tmp_path):
+    from spikekern.checkpoint import load_checkpoint
+
+    pipeline = SDDPMPipeline.from_preset("digits", base_channels=8, time_steps=3)
+    model = pipeline.build_model()
+    init_config = train.load_initial_weights(model, pipeline, str(run_dir))
+    tensors, _ = load_checkpoint(run_dir / "model.safetensors")
+    for name, tensor in model.state_dict().items():  # the weights are shared over the spike steps
+        assert torch.equal(tensor, tensors["model." + name]), name
+    assert init_config["model"]["time_steps"] == 2
+    out = tmp_path / "t3"
+    train.main(["--preset", "digits", "--base-channels", "8", "--time-steps", "3", "--init", str(run_dir),
+                "--out", str(out), "--steps", "1", "--batch-size", "4", "--save-every", "100", "--sample-every", "100",
+                "--no-progress"])  # fmt: skip
+    config = json.loads((out / "model.json").read_text())
+    assert config["model"]["time_steps"] == 3 and config["training"]["step"] == 1
+    commands = config["training"]["commands"]  # the commands that trained the --init weights, then this one
+    assert commands[:-1] == init_config["training"]["commands"] and "--init" in commands[-1]
+
+
 def test_sample_npy_is_deterministic_and_in_range(run_dir, tmp_path, capsys):
     paths = [tmp_path / "a.npy", tmp_path / "b.npy"]
     for path in paths:

@@ -138,6 +138,8 @@ def test_staged_training_writes_checkpoints_and_stage_two_starts_from_stage_one(
     for name, tensor in stage_one.items():  # the frozen VQ-SVAE is stage 1's, EMA and BN statistics included
         assert torch.equal(stage_two[name], tensor), name
     assert not list(runs.glob("vq/samples_*.png")) and list(runs.glob("sd/samples_*.png"))
+    assert config_two["training"]["commands"][0] == config_one["training"]["commands"][0]  # stage 1's, then 2's
+    assert [("--stage vq" in c, "--init" in c) for c in config_two["training"]["commands"]] == [(1, 0), (0, 1)]
 
 
 def test_stage_two_may_size_its_denoiser_apart_from_stage_one(runs, tmp_path):

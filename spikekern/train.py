@@ -6,6 +6,7 @@
     torchrun --nproc-per-node 8 -m spikekern.train ...        # DDP, batch split over the processes
     python -m spikekern.train --model spiking-diffusion --stage vq --out runs/vq      # a staged family: stage 1,
     python -m spikekern.train --model spiking-diffusion --stage diffusion --init runs/vq --out runs/sd   # then 2
+    python -m spikekern.train --model sddpm --init runs/digits --time-steps 8 --out runs/t8   # fine-tune at T=8
 
 Writes ``OUT/last.safetensors`` (weights, EMA weights, optimizer, step: what ``--resume`` continues from),
 ``OUT/model.safetensors`` (the EMA weights, what ``python -m spikekern.sample --checkpoint`` reads), each
@@ -215,8 +216,9 @@ def _parser():
     parser.add_argument("--stage", default=None,
                         help="training stage of a staged family (spiking-diffusion: vq, then diffusion)")  # fmt: skip
     parser.add_argument("--init", default=None, metavar="CHECKPOINT",
-                        help="start from this checkpoint's weights (same family and network; e.g. a later stage "
-                             "from the earlier stage's model.safetensors); the rest keep their initialisation")  # fmt: skip
+                        help="start from this checkpoint's weights (same family and network, T may differ; e.g. a "
+                             "later stage from the earlier stage's model.safetensors); the rest keep their "
+                             "initialisation")  # fmt: skip
     parser.add_argument("--data", default="digits", help="digits | mnist:DIR | fashion-mnist:DIR | cifar10:DIR | celeba:DIR | folder:DIR")
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--steps", type=int, default=10000, help="optimisation steps in total (including resumed ones)")
@@ -277,8 +279,9 @@ def parse_sampling_defaults(text):
 
 def load_initial_weights(model, pipeline, path):
     """Load the weights of the checkpoint at ``path`` (``--init``) into ``model``: a checkpoint of the same
-    family and network config, every weight of which must fit; the model's other weights (e.g. a second
-    stage's network) keep their initialisation. Its EMA weights where it has them."""
+    family and network config (``pipeline.init_differences``), every weight of which must fit; the model's
+    other weights (e.g. a second stage's network) keep their initialisation. Its EMA weights where it has
+    them. Returns the checkpoint's config."""
     if os.path.isdir(path):
         path = os.path.join(path, "model.safetensors")
     tensors, config = load_checkpoint(path)
@@ -293,6 +296,7 @@ def load_initial_weights(model, pipeline, path):
     prefix = "ema." if any(name.startswith("ema.") for name in tensors) else "model."
     initial = {prefix + name: tensor for name, tensor in model.state_dict().items()}
     load_state(model, initial | tensors, prefix, source=f"--init checkpoint {path!r}")
+    return config
 
 
 def main(argv=None):
@@ -349,8 +353,10 @@ def _train(args, rank, world_size, device):
 
     torch.manual_seed(args.seed)  # the same initial weights in every process
     model = pipeline.build_model(spike_conv=spike_conv_for(device, args.spike_conv)).to(device)
+    # The commands that made the --init weights come first: the record says how the whole model was trained.
+    commands = []
     if args.init is not None:
-        load_initial_weights(model, pipeline, args.init)
+        commands = load_initial_weights(model, pipeline, args.init).get("training", {}).get("commands", [])
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     trainer = Trainer(
@@ -358,7 +364,7 @@ def _train(args, rank, world_size, device):
         device=device,
     )  # fmt: skip
     command = " ".join([PROGRAM, *map(shlex.quote, args.argv)])
-    history = {"images_seen": 0, "elapsed_s": 0.0, "commands": [command]}
+    history = {"images_seen": 0, "elapsed_s": 0.0, "commands": [*commands, command]}
     settings = _training_settings(args)
     if resumed is not None:
         training = resumed[1].get("training", {})

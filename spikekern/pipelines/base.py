@@ -14,6 +14,9 @@ class ImagePipeline:
         return self.model_config.neuron != "relu"
 
     def init_differences(self, init_config):
-        """The network-config fields in which a checkpoint's config (``--init``) differs from this one's."""
+        """The network-config fields in which a checkpoint's config (``--init``) differs from this one's, the
+        number of spike steps left out: the weights are shared over the steps, so a network trained at one T
+        initialises the same network at another (fine-tuning at a larger T)."""
         theirs, ours = init_config.get("model", {}), self.config()["model"]
-        return sorted(key for key in theirs.keys() | ours.keys() if theirs.get(key) != ours.get(key))
+        keys = (theirs.keys() | ours.keys()) - {"time_steps"}
+        return sorted(key for key in keys if theirs.get(key) != ours.get(key))
