@@ -18,8 +18,8 @@ from spikekern.models.layers import neuron_threshold
 from spikekern.nn import BaseNode
 from spikekern.pipelines import PIPELINES, SpikingDiffusionPipeline, pipeline_from_config
 
-TINY = {"base_channels": 2, "time_steps": 2}
-TINY_ARGS = ["--model", "spiking-diffusion", "--base-channels", "2", "--time-steps", "2"]
+TINY = {"base_channels": 2, "denoiser_channels": 2, "time_steps": 2}
+TINY_ARGS = ["--model", "spiking-diffusion", "--base-channels", "2", "--denoiser-channels", "2", "--time-steps", "2"]
 RUN_ARGS = ["--steps", "2", "--batch-size", "8", "--save-every", "2", "--sample-every", "2", "--sample-n", "3",
             "--no-progress"]  # fmt: skip
 
@@ -211,4 +211,5 @@ def test_the_real_command_line_reports_one_line(runs):
 def test_the_embedded_default_model_loads_and_samples(tmp_path, capsys):
     config = sample_embedded_default("spiking-diffusion", tmp_path / "embedded.npy", capsys)
     assert config["stage"] == "diffusion" and config["model"]["preset"] == "digits"
-    assert config["training"]["step"] == 12000 and config["sampling"] == {"temperature": 0.5}
+    assert config["training"]["step"] == 6000 and config["sampling"] == {"temperature": 0.5}
+    assert config["model"]["denoiser_channels"] == 16

@@ -129,9 +129,11 @@ PRESETS = {
     # SDID parameters. The variances are the data sets' published pixel std (0.3081, 0.3530) squared.
     "spiking-diffusion-mnist": SpikingDiffusionConfig(data_variance=0.3081**2, preset="spiking-diffusion-mnist"),
     "spiking-diffusion-fmnist": SpikingDiffusionConfig(data_variance=0.3530**2, preset="spiking-diffusion-fmnist"),
-    # scikit-learn's digits at 16x16: 4x4 = 16 tokens, a quarter of the widths and 64 codes, trainable on a CPU.
+    # scikit-learn's digits at 16x16: 4x4 = 16 tokens, 64 codes, trainable on a CPU: a quarter of the widths in
+    # the VQ-SVAE, half in the SDID (at a quarter, the embedded model's denoiser reached 78.8% confident samples
+    # in 12,000 steps; at half, 80.1% in 6,000).
     "digits": SpikingDiffusionConfig(
-        image_size=16, base_channels=8, codebook_size=64, data_variance=0.1017, preset="digits"
+        image_size=16, base_channels=8, denoiser_channels=16, codebook_size=64, data_variance=0.1017, preset="digits"
     ),
 }
 
