@@ -211,5 +211,5 @@ def test_the_real_command_line_reports_one_line(runs):
 def test_the_embedded_default_model_loads_and_samples(tmp_path, capsys):
     config = sample_embedded_default("spiking-diffusion", tmp_path / "embedded.npy", capsys)
     assert config["stage"] == "diffusion" and config["model"]["preset"] == "digits"
-    assert config["training"]["step"] == 6000 and config["sampling"] == {"temperature": 0.5}
+    assert config["training"]["step"] == 8000 and config["sampling"] == {"temperature": 0.5}
     assert config["model"]["denoiser_channels"] == 16
