@@ -35,8 +35,9 @@ Not in the notes or the code, chosen here:
 
 - ``base_channels`` scales every width (encoder b, 2b; decoder 2b, b; SDID as above): the paper's
   network is b = 32. ``denoiser_channels`` gives the SDID a b of its own, as the stage-2 network is
-  trained on a frozen stage 1 and may be sized apart from it. Initialisation is torch's default everywhere, as the code's (SpikingJelly layers and
-  ``nn.Embedding``, whose N(0, 1) codebook the code keeps).
+  trained on a frozen stage 1 and may be sized apart from it. Initialisation is torch's default
+  everywhere, as the code's (SpikingJelly layers and ``nn.Embedding``, whose N(0, 1) codebook the code
+  keeps).
 - The layers fed by the static input (first encoder conv, generator conv, first SDID conv) run once on
   ``[B, C, H, W]`` and their BN output is repeated over the T steps instead of convolving T identical
   copies: the same values, except that the running variance is corrected by ``n / (n - 1)`` with
