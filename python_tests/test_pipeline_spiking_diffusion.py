@@ -175,6 +175,8 @@ def test_sample_command_is_deterministic(runs, tmp_path, capsys):
                  "{tmp}/r"], "another network config (denoiser_channels differ)"),
         (train, ["--model", "sddpm", "--denoiser-channels", "3", "--out", "{tmp}/r"],
          "denoiser_channels: not a setting"),
+        (train, ["--model", "spiking-diffusion", "--denoiser-channels", "3", "--resume", "--out", "{sd}"],
+         "--denoiser-channels: --resume continues the run's own network"),
         (train, [*TINY_ARGS, "--stage", "diffusion", "--init", "{vq}", "--resume", "--out", "{tmp}/r"],
          "only one of them"),
         (train, [*TINY_ARGS, "--stage", "generate", "--out", "{tmp}/r"], "stage must be one of"),

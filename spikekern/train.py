@@ -322,6 +322,13 @@ def _train(args, rank, world_size, device):
     if args.resume and args.init:
         raise ValueError("--init starts a new run; --resume continues one: pass only one of them")
     if args.resume:
+        network_options = ("preset", "neuron", "time_steps", "base_channels", "denoiser_channels", "stage")
+        given = [f"--{name.replace('_', '-')}" for name in network_options if getattr(args, name) is not None]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: --resume continues the run's own network; these choose a new run's "
+                "(start one with --init to change them)"
+            )
         if not os.path.isfile(last_path):
             raise ValueError(f"--resume: no checkpoint at {last_path}")
         resumed = load_checkpoint(last_path)
