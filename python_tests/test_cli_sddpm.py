@@ -114,6 +114,8 @@ def _cli(module, *args):
         ("spikekern.train", ["--out", "{tmp}/r", "--warmup-steps", "-1"], "--warmup-steps must be at least 0"),
         ("spikekern.train", ["--out", "{tmp}/r", "--preset", "sddpm-cifar10"], "choose a matching --preset"),
         ("spikekern.train", ["--out", "{tmp}/r", "--stage", "vq"], "stage: not a setting of the 'digits' network"),
+        ("spikekern.train", ["--out", "{tmp}/r", "--device", "cpu", "--neuron-backend", "cuda"],
+         "--neuron-backend cuda cannot run on cpu: the CUDA kernels need a CUDA tensor"),
         ("spikekern.sample", ["--checkpoint", "{run}", "--temperature", "0.5"], "--temperature does not apply"),
         ("spikekern.sample", ["--checkpoint", "{tmp}/corrupt.safetensors"], "truncated or corrupt"),
         ("spikekern.sample", ["--checkpoint", "{tmp}/absent.safetensors"], "does not exist"),

@@ -6,6 +6,7 @@ import sys
 import torch
 
 from .checkpoint import CheckpointError
+from .ops import BACKENDS, available_backends
 
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, CheckpointError)
 
@@ -39,6 +40,20 @@ def spike_conv_for(device, choice):
     if choice == "auto":
         return device.type == "cuda"
     return choice == "on"
+
+
+NEURON_BACKEND_CHOICES = ("auto", *BACKENDS)
+
+
+def neuron_backend_for(device, choice):
+    """The backend every neuron runs on (``--neuron-backend``): None for ``auto`` (the best per call), else
+    the named one, refused here with its reason when it cannot run on ``device``."""
+    if choice == "auto":
+        return None
+    error = available_backends(torch.empty(0, device=device))[choice]
+    if error is not None:
+        raise ValueError(f"--neuron-backend {choice} cannot run on {device}: {error}")
+    return choice
 
 
 CUDA_GRAPH_CHOICES = ("auto", "on", "off")

@@ -118,6 +118,8 @@ def _why_not_spike_layer(layer):
 
 def _spike_layer(layer, backend):
     step_mode = getattr(layer, "step_mode", "s")
+    if backend not in SpikeLinear.supported_backends:
+        backend = None  # "compiled" is the neurons' CPU path alone: the spike layer picks its best
     with torch.device("meta"):  # the parameters are taken over from the layer, so none are allocated here
         if isinstance(layer, torch.nn.Conv2d):
             new = SpikeConv2d(
@@ -156,7 +158,8 @@ def _convert_spike_layers(model, backend, report):
 def convert(model: torch.nn.Module, backend=None, spike_layers=True) -> ConversionReport:
     """Replace SpikingJelly and snnTorch neurons in ``model`` (in place) with spikekern's; return what was done.
 
-    backend: the backend of the new neurons (None: the best available per call).
+    backend: the backend of the new neurons and spike layers (None: the best available per call; "compiled",
+        the neurons' CPU fast path, leaves the spike layers on None).
     spike_layers: also replace every ``Conv2d``/``Linear`` that follows a spikekern neuron with binary
         output in an ``nn.Sequential``, directly or through flattening/max pooling (so its input is
         provably spikes), with ``SpikeConv2d`` / ``SpikeLinear``, which keep only the input's bits.

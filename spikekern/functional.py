@@ -3,6 +3,7 @@
 import torch
 
 from .nn._modes import STEP_MODES, HasBackend
+from .ops._dispatch import check_backend_name
 
 
 def reset_net(net: torch.nn.Module):
@@ -24,8 +25,15 @@ def set_step_mode(net: torch.nn.Module, step_mode: str):
 
 
 def set_backend(net: torch.nn.Module, backend):
-    """Choose the backend (None for the best available, "cuda", "triton" or "torch") of every spikekern
-    neuron (SpikingJelly-style and Leaky) in ``net``."""
-    for module in net.modules():
-        if isinstance(module, HasBackend):
-            module.backend = backend
+    """Choose the backend (None for the best available, "cuda", "triton", "torch" or "compiled") of every
+    spikekern module in ``net``: neurons (SpikingJelly-style and Leaky) and spike layers. "compiled", the CPU
+    fast path, exists for the neurons only; the other modules keep their own choice then. Returns how
+    many modules were set."""
+    check_backend_name(backend)
+    modules = [
+        module for module in net.modules()
+        if isinstance(module, HasBackend) and (backend is None or backend in module.supported_backends)
+    ]  # fmt: skip
+    for module in modules:
+        module.backend = backend
+    return len(modules)

@@ -46,7 +46,10 @@ def report() -> str:
                 default = select_backend("", probe, preference=preference)
                 lines.append(f"{group} on {device} {str(dtype).replace('torch.', '')}: default backend {default!r}")
             for name in BACKENDS:
-                lines.append(f"    {name:<7} {'available' if reasons[name] is None else 'unavailable: ' + reasons[name]}")
+                status = "available" if reasons[name] is None else "unavailable: " + reasons[name]
+                if name == "compiled" and reasons[name] is None:
+                    status += " (neuron ops only, when asked for: seconds of compilation per configuration)"
+                lines.append(f"    {name:<8} {status}")
     return "\n".join(lines)
 
 

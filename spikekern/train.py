@@ -28,10 +28,11 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ._cli import check_applies, resolve_device, run_main, spike_conv_for
+from ._cli import NEURON_BACKEND_CHOICES, check_applies, neuron_backend_for, resolve_device, run_main, spike_conv_for
 from .checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
 from .data import load_dataset
 from .images import save_image_grid
+from .functional import set_backend
 from .pipelines import PIPELINES, pipeline_class, pipeline_from_config
 
 PROGRAM = "python -m spikekern.train"
@@ -244,6 +245,9 @@ def _parser():
     parser.add_argument("--workers", type=int, default=0, help="data loader processes")
     parser.add_argument("--spike-conv", default="auto", choices=["auto", "on", "off"],
                         help="SpikeConv2d for convolutions reading spikes (auto: on GPUs)")  # fmt: skip
+    parser.add_argument("--neuron-backend", default="auto", choices=NEURON_BACKEND_CHOICES,
+                        help="the neurons' backend (auto: the best per call; compiled: the CPU fast path, "
+                             "seconds of compilation per neuron configuration)")  # fmt: skip
     parser.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on GPUs")
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -360,6 +364,7 @@ def _train(args, rank, world_size, device):
 
     torch.manual_seed(args.seed)  # the same initial weights in every process
     model = pipeline.build_model(spike_conv=spike_conv_for(device, args.spike_conv)).to(device)
+    set_backend(model, neuron_backend_for(device, args.neuron_backend))
     # The commands that made the --init weights come first: the record says how the whole model was trained.
     commands = []
     if args.init is not None:

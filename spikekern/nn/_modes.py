@@ -1,6 +1,7 @@
 """The ``step_mode`` and ``backend`` settings every spikekern module validates the same way."""
 
 from ..ops import BACKENDS
+from ..ops._dispatch import KERNEL_BACKENDS
 
 STEP_MODES = ("s", "m")
 
@@ -20,7 +21,9 @@ class HasStepMode:
 
 
 class HasBackend:
-    """``backend``: None (the best available per call) or one of the op backends."""
+    """``backend``: None (the best available per call) or one of the backends of the module's ops."""
+
+    supported_backends = KERNEL_BACKENDS
 
     @property
     def backend(self):
@@ -28,10 +31,12 @@ class HasBackend:
 
     @backend.setter
     def backend(self, value):
-        if value is not None and value not in BACKENDS:
-            raise ValueError(f"backend must be None or one of {list(BACKENDS)}, got {value!r}")
+        if value is not None and value not in self.supported_backends:
+            raise ValueError(f"backend must be None or one of {list(self.supported_backends)}, got {value!r}")
         self._backend = value
 
-    @property
-    def supported_backends(self):
-        return BACKENDS
+
+class HasNeuronBackend(HasBackend):
+    """The neurons' ops have every backend, the CPU fast path "compiled" included."""
+
+    supported_backends = BACKENDS

@@ -2,6 +2,7 @@
 
 import torch
 
+from ..ops._dispatch import KERNEL_BACKENDS
 from ..ops.conv_bn_lif import conv_bn_lif_inference, fold_batch_norm
 from .neuron import IFNode, LIFNode
 
@@ -54,7 +55,8 @@ class ConvBNLIFInference(torch.nn.Module):
 
         conv: an ``nn.Conv2d`` with zero padding given as numbers; bn: an ``nn.BatchNorm2d`` in eval mode
         with running statistics, or None; neuron: a spikekern ``LIFNode`` or ``IFNode`` in its reset state,
-        without ``store_v_seq``; the neuron's ``backend`` becomes the block's.
+        without ``store_v_seq``; the neuron's ``backend`` becomes the block's (but "compiled", the neuron ops'
+        own CPU path: then the block picks its best).
         """
         if not isinstance(conv, torch.nn.Conv2d):
             raise TypeError(f"conv must be a torch.nn.Conv2d, got {type(conv).__name__}")
@@ -78,8 +80,9 @@ class ConvBNLIFInference(torch.nn.Module):
         with torch.no_grad():
             weight, bias = fold_batch_norm(conv.weight, conv.bias, *batch_norm)
         return cls(
-            weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups, backend=neuron.backend, **options
-        )
+            weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups,
+            backend=neuron.backend if neuron.backend in KERNEL_BACKENDS else None, **options,
+        )  # fmt: skip
 
     def forward(self, x_seq):
         if self.training:

@@ -15,7 +15,7 @@ import torch
 from ..ops import leaky_multistep
 from ..ops._multistep import check_bool
 from ..ops.surrogate import resolve_surrogate
-from ._modes import HasBackend, HasStepMode
+from ._modes import HasNeuronBackend, HasStepMode
 
 RESET_MECHANISMS = ("subtract", "zero", "none")
 # snnTorch's surrogate factories (snntorch/surrogate.py) whose gradients the kernels implement.
@@ -48,7 +48,7 @@ def _unsupported(name, value, default):
         raise ValueError(f"spikekern.nn.Leaky does not support {name}={value!r}; keep snntorch.Leaky for this layer")
 
 
-class Leaky(HasStepMode, HasBackend, torch.nn.Module):
+class Leaky(HasStepMode, HasNeuronBackend, torch.nn.Module):
     """First-order leaky integrate-and-fire neuron with snnTorch's semantics (see module docstring)."""
 
     def __init__(

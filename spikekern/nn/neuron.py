@@ -18,7 +18,7 @@ import torch
 
 from ..ops import if_multistep, lif_multistep, plif_multistep
 from ..surrogate import Sigmoid, surrogate_spec
-from ._modes import HasBackend, HasStepMode
+from ._modes import HasNeuronBackend, HasStepMode
 
 
 def _check_float(name, value, allow_none=False):
@@ -35,7 +35,7 @@ def _check_bool(name, value):
     return value
 
 
-class BaseNode(HasStepMode, HasBackend, torch.nn.Module):
+class BaseNode(HasStepMode, HasNeuronBackend, torch.nn.Module):
     """What the three neurons share: state, step modes, surrogate, backend. Subclasses implement
     ``_multistep(x_seq, v_init, **options)`` with one of the fused ops."""
 

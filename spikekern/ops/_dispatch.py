@@ -2,17 +2,23 @@
 
 ``backend=None`` picks the first usable of CUDA C++, Triton (CUDA tensors only) and the PyTorch
 reference; naming a backend that cannot run raises with its reason instead of falling back silently.
+``"compiled"`` is the neuron ops' CPU fast path, never chosen by ``None``: the reference compiled by
+``torch.compile`` (inductor's C++ loops fuse each op's elementwise steps), which costs seconds of
+compilation per neuron configuration, so it is for long runs (``--neuron-backend compiled`` of train).
 """
 
 import functools
 import importlib.util
 import os
+import shutil
 
 import torch
 
 from .._extension import cuda_extension_error
 
-BACKENDS = ("cuda", "triton", "torch")
+BACKENDS = ("cuda", "triton", "torch", "compiled")
+# What an op implements unless it says otherwise: only the neuron ops have the compiled reference.
+KERNEL_BACKENDS = ("cuda", "triton", "torch")
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -50,7 +56,15 @@ def _cuda_error(x):
     return cuda_extension_error() or _kernel_dtype_error(x)
 
 
-_ERRORS = {"cuda": _cuda_error, "triton": _triton_error, "torch": lambda x: None}
+def _compiled_error(x):
+    if x.device.type != "cpu":
+        return f"the compiled reference is the CPU fast path; {x.device.type} tensors have their own kernels"
+    if os.environ.get("CXX") is None and not any(map(shutil.which, ("g++", "c++", "clang++"))):
+        return "torch.compile needs a C++ compiler on the PATH (g++ or clang++) for CPU code"
+    return None
+
+
+_ERRORS = {"cuda": _cuda_error, "triton": _triton_error, "torch": lambda x: None, "compiled": _compiled_error}
 
 
 def _error(name, x, kernels):
@@ -60,7 +74,7 @@ def _error(name, x, kernels):
 def available_backends(x: torch.Tensor, kernels=BACKENDS):
     """For an input tensor: ``{backend: None if it can run, else the reason it cannot}``.
 
-    kernels: the backends the op implements (all of them for the neuron ops)."""
+    kernels: the backends the op implements (all of them for the neuron ops, the default)."""
     return {name: _error(name, x, kernels) for name in BACKENDS}
 
 
@@ -73,7 +87,7 @@ def check_backend_name(backend):
 DEFAULT_BACKEND_PREFERENCE = ("cuda", "triton")
 
 
-def select_backend(requested: str, x: torch.Tensor, kernels=BACKENDS, preference=DEFAULT_BACKEND_PREFERENCE) -> str:
+def select_backend(requested: str, x: torch.Tensor, kernels=KERNEL_BACKENDS, preference=DEFAULT_BACKEND_PREFERENCE) -> str:
     """The backend that runs ``x``: ``requested`` if it can (else raise why), or the first usable one of
     ``preference`` for CUDA tensors, else the reference. kernels: the backends the op implements."""
     if requested:

@@ -4,6 +4,7 @@ State modes (what the forward saves for backward), the compute/state dtypes and 
 views the kernels take, one backend runner and the argument checks. Private to ``spikekern.ops``.
 """
 
+import functools
 import importlib
 import math
 
@@ -74,11 +75,21 @@ def as_row(t):
     return None if t is None else t.contiguous().view(-1)
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled(reference):
+    # Dynamic shapes: one compilation per neuron configuration and number of steps, whatever the
+    # layer's size. Past dynamo's recompile limit the calls run the reference eagerly (same results).
+    return torch.compile(reference, dynamic=True)
+
+
 def run(backend, name, reference, *args):
-    """Run op ``name`` (e.g. "leaky_forward") on ``backend``: ``reference`` for "torch", else the
-    same-named function of ``spikekern.ops.triton.<module>`` or ``torch.ops.spikekern_cuda``."""
+    """Run op ``name`` (e.g. "leaky_forward") on ``backend``: ``reference`` for "torch", the reference
+    compiled for "compiled", else the same-named function of ``spikekern.ops.triton.<module>`` or
+    ``torch.ops.spikekern_cuda``."""
     if backend == "torch":
         return reference(*args)
+    if backend == "compiled":
+        return _compiled(reference)(*args)
     if backend == "triton":
         # Imported late: TRITON_INTERPRET is read when the kernel module is imported.
         module = importlib.import_module(f"spikekern.ops.triton.{name.rsplit('_', 1)[0]}")

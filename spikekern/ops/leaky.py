@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from . import _multistep as ms
-from ._dispatch import select_backend
+from ._dispatch import BACKENDS, select_backend
 from .surrogate import surrogate_gradient
 
 # snnTorch's SpikingNeuron.reset_dict: the same names and ids.
@@ -156,7 +156,7 @@ def leaky_forward(
         return reference_forward(x_seq, mem_init, beta, threshold, reset_mechanism, output_mem_seq, state_mode)
     steps = x_seq.shape[0]
     spikes, mem_out, state = ms.run(
-        select_backend(backend, x_seq), "leaky_forward", reference_forward, ms.as_rows(x_seq, steps),
+        select_backend(backend, x_seq, BACKENDS), "leaky_forward", reference_forward, ms.as_rows(x_seq, steps),
         ms.as_row(mem_init), ms.as_row(beta), threshold, reset_mechanism, output_mem_seq, state_mode,
     )  # fmt: skip
     return (
@@ -195,7 +195,7 @@ def leaky_backward(
     else:
         steps = grad_spike.shape[0]
         grad_x, grad_mem_init, decay_partials, threshold_partials = ms.run(
-            select_backend(backend, grad_spike), "leaky_backward", reference_backward, ms.as_rows(grad_spike, steps),
+            select_backend(backend, grad_spike, BACKENDS), "leaky_backward", reference_backward, ms.as_rows(grad_spike, steps),
             _as_mem_rows(grad_mem, steps, output_mem_seq), ms.as_rows(state, steps), ms.as_row(mem_init),
             ms.as_row(beta), threshold, *args,
         )  # fmt: skip
@@ -319,7 +319,8 @@ def leaky_multistep(
         ``sigmoid(slope)`` is "sigmoid", with alpha = slope (snnTorch's default slope is 25).
     output_mem_seq: return every step's membrane ``[T, N, *]`` instead of the last one.
     compact_state: save the state for backward in 16 bits (2 bytes per element) instead of 32.
-    backend: None for the best available, or "cuda", "triton", "torch"; an unusable choice raises.
+    backend: None for the best available, or "cuda", "triton", "torch", "compiled" (the CPU fast path, never
+        chosen by None: docs/neuron_ops.md); an unusable choice raises.
 
     Returns ``(spike_seq [T, N, *] in x_seq's dtype, mem)``, mem ``[N, *]`` (or ``[T, N, *]``) in
     x_seq's dtype. Gradients flow to x_seq, mem_init, beta and threshold. Semantics, saved memory and

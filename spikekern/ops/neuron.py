@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from . import _multistep as ms
-from ._dispatch import select_backend
+from ._dispatch import BACKENDS, select_backend
 from .surrogate import surrogate_gradient
 
 NEURON_IF, NEURON_LIF, NEURON_PLIF = 0, 1, 2
@@ -149,7 +149,7 @@ def neuron_forward(
     if x_seq.numel() == 0:
         return reference_forward(x_seq, v_init, *args)
     spikes, v_last, state, v_seq = ms.run(
-        select_backend(backend, x_seq), "neuron_forward", reference_forward, ms.as_rows(x_seq, steps),
+        select_backend(backend, x_seq, BACKENDS), "neuron_forward", reference_forward, ms.as_rows(x_seq, steps),
         ms.as_row(v_init), *args,
     )  # fmt: skip
     return (
@@ -193,7 +193,7 @@ def neuron_backward(
         )
     else:
         grad_x, grad_v_init, plif_partials = ms.run(
-            select_backend(backend, grad_spike), "neuron_backward", reference_backward,
+            select_backend(backend, grad_spike, BACKENDS), "neuron_backward", reference_backward,
             ms.as_rows(grad_spike, steps), ms.as_row(grad_v_last),
             None if grad_v_seq is None else ms.as_rows(grad_v_seq, steps), ms.as_rows(state, steps),
             ms.as_row(v_init), decay, *args,
@@ -294,7 +294,8 @@ _COMMON_ARGS = """
     store_v_seq: also return the membrane after the reset of every step (SpikingJelly's ``v_seq``),
         differentiable; costs one extra write per element and step.
     compact_state: save the state for backward in 16 bits (2 bytes per element) instead of 32.
-    backend: None for the best available, or "cuda", "triton", "torch"; an unusable choice raises.
+    backend: None for the best available, or "cuda", "triton", "torch", "compiled" (the CPU fast path, never
+        chosen by None: docs/neuron_ops.md); an unusable choice raises.
 
 Returns ``(spike_seq [T, N, *] in x_seq's dtype, v_last [N, *])``, and with ``store_v_seq`` a third
 element ``v_seq [T, N, *]`` (``v_seq[-1]`` equals ``v_last``). Semantics, saved memory and the

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._dispatch import BACKENDS, check_backend_name, select_backend
+from ._dispatch import KERNEL_BACKENDS, check_backend_name, select_backend
 
 BITS_PER_WORD = 32
 SPIKE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -51,7 +51,7 @@ def validation_enabled(device: torch.device) -> bool:
 SPIKE_BACKEND_PREFERENCE = ("triton", "cuda")
 
 
-def select_spike_backend(requested: str, x: Tensor, kernels=BACKENDS) -> str:
+def select_spike_backend(requested: str, x: Tensor, kernels=KERNEL_BACKENDS) -> str:
     """The backend of a spike op (kernels: the backends it implements) for input ``x``."""
     return select_backend(requested, x, kernels, SPIKE_BACKEND_PREFERENCE)
 
