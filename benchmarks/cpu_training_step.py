@@ -1,9 +1,10 @@
-"""The training step of `python -m spikekern.train --model sddpm --data digits` on a CPU, per neuron backend:
+"""The training step of `python -m spikekern.train --data digits` (SDDPM or FSDDIM) on a CPU, per neuron backend:
 the eager reference ("torch", the default) against its torch.compile'd form ("compiled",
 ``--neuron-backend compiled``). The GPU harness (``pytest benchmarks``) times CPUs only to smoke-test
 itself; this script is what the CPU numbers in docs/neuron_ops.md come from.
 
     OMP_NUM_THREADS=1 python benchmarks/cpu_training_step.py --base-channels 32 48 --json out.json
+    OMP_NUM_THREADS=1 python benchmarks/cpu_training_step.py --model fsddim --base-channels 32
 """
 
 import argparse
@@ -16,14 +17,14 @@ import torch
 from bench_utils import environment_record
 
 from spikekern.functional import set_backend
-from spikekern.pipelines.sddpm import SDDPMPipeline
+from spikekern.pipelines import pipeline_class
 from spikekern.train import Trainer
 
 
-def step_seconds(base_channels, batch_size, neuron_backend, warmup, rounds):
+def step_seconds(model_family, base_channels, batch_size, neuron_backend, warmup, rounds):
     """Median wall seconds of ``rounds`` Trainer steps (forward, backward, clipping, Adam, EMA) after
     ``warmup`` untimed ones (which compile, for "compiled")."""
-    pipeline = SDDPMPipeline.from_preset("digits", base_channels=base_channels)
+    pipeline = pipeline_class(model_family).from_preset("digits", base_channels=base_channels)
     torch.manual_seed(0)
     model = pipeline.build_model(spike_conv=False)
     set_backend(model, neuron_backend)
@@ -42,6 +43,7 @@ def step_seconds(base_channels, batch_size, neuron_backend, warmup, rounds):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=["sddpm", "fsddim"], default="sddpm")
     parser.add_argument("--base-channels", type=int, nargs="+", default=[32])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--neuron-backends", nargs="+", default=["torch", "compiled"])
@@ -52,7 +54,9 @@ def main(argv=None):
     results = []
     for base_channels in args.base_channels:
         for backend in args.neuron_backends:
-            seconds, parameters = step_seconds(base_channels, args.batch_size, backend, args.warmup, args.rounds)
+            seconds, parameters = step_seconds(
+                args.model, base_channels, args.batch_size, backend, args.warmup, args.rounds
+            )
             results.append({"base_channels": base_channels, "parameters": parameters, "neuron_backend": backend,
                             "median_step_s": seconds, "images_per_s": args.batch_size / seconds})  # fmt: skip
             print(f"width {base_channels:3d} ({parameters / 1e6:.2f} M)  {backend:<9} {seconds:6.3f} s/step  "
@@ -60,6 +64,7 @@ def main(argv=None):
     record = {
         "command": "python benchmarks/cpu_training_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "environment": environment_record(torch.device("cpu")),
+        "model": args.model,
         "batch_size": args.batch_size,
         "time_steps": 4,
         "warmup": args.warmup,
