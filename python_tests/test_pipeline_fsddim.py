@@ -317,4 +317,7 @@ def test_ddp_over_two_processes_equals_one_process_on_the_whole_batch(tmp_path):
 def test_the_embedded_default_model_loads_and_samples(tmp_path, capsys):
     config = sample_embedded_default("fsddim", tmp_path / "embedded.npy", capsys, "--steps", "2")
     assert config["family"] == "fsddim" and config["model"]["preset"] == "digits"
-    assert config["training"]["step"] == 10800 and config["sampling"] == {"sampler": "ddim", "steps": 50, "eta": 1.0}
+    assert config["sampling"] == {"sampler": "ddim", "steps": 50, "eta": 1.0}
+    # A 1,400-step fine-tune (train --init) of the 10,800-step run: its record lists the commands of both.
+    training = config["training"]
+    assert training["step"] == 1400 and "--init" in training["commands"][-1] and len(training["commands"]) == 11
