@@ -77,6 +77,24 @@ def xavier_init(module, gain=1.0):
                 nn.init.zeros_(layer.bias)
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """The sum of a tensor over all processes, differentiable: every process's input feeds every process's
+    output, so the gradient is the sum of the output gradients over all processes. (torch's
+    ``torch.distributed.nn.functional.all_reduce`` does this too, but is deprecated since torch 2.13.)"""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        total = grad_output.clone()
+        dist.all_reduce(total)
+        return total
+
+
 class TimeFoldedBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d over ``[T, B, C, H, W]`` with time folded into the batch (statistics shared over the T
     steps, as SDDPM's code normalises ``[T*B, C, H, W]``); ``[B, C, H, W]`` is taken as it is.
@@ -96,15 +114,13 @@ class TimeFoldedBatchNorm(nn.BatchNorm2d):
         return y.unflatten(0, x.shape[:2]) if x.dim() == 5 else y
 
     def _global_batch_norm(self, x):
-        from torch.distributed.nn.functional import all_reduce
-
         dims = (0, 2, 3)
         count = torch.tensor(float(x.numel() // x.shape[1]), device=x.device)
-        count = all_reduce(count)
-        mean = all_reduce(x.sum(dims, dtype=torch.float32)) / count
+        count = _AllReduceSum.apply(count)
+        mean = _AllReduceSum.apply(x.sum(dims, dtype=torch.float32)) / count
         centred = x - mean.to(x.dtype)[None, :, None, None]
         # Two passes (mean, then squared deviations) instead of E[x^2] - E[x]^2, which cancels badly.
-        var = all_reduce(centred.square().sum(dims, dtype=torch.float32)) / count
+        var = _AllReduceSum.apply(centred.square().sum(dims, dtype=torch.float32)) / count
         if self.track_running_stats:
             with torch.no_grad():
                 momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked + 1)
