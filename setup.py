@@ -94,7 +94,7 @@ setup(
         "triton": ["triton>=3.6"],
         "demo": ["matplotlib"],
         "fid": ["torch-fidelity"],
-        "test": ["pytest>=8", "pytest-benchmark>=4", "triton>=3.6", "matplotlib", "scipy"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "pytest-benchmark>=4", "triton>=3.6", "matplotlib", "scipy"],
         "bench": ["pytest-benchmark>=4", "matplotlib"],
     },
     ext_modules=ext_modules,
