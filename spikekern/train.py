@@ -13,7 +13,7 @@ Writes ``OUT/last.safetensors`` (weights, EMA weights, optimizer, step: what ``-
 with a JSON config beside it, and sample grids ``OUT/samples_<step>.png`` (none for a stage that cannot
 generate). bfloat16 autocast on GPUs (``--no-amp`` turns it off), gradient clipping, an EMA of the
 weights, a warmup-stable-decay learning rate (``--warmup-steps``, ``--lr-decay-steps``), a tqdm bar with the
-loss and images/s.
+loss and images/s. ``--compile`` runs the training forward and backward through ``torch.compile``.
 On resume the weights, EMA, optimizer and step continue; the data order is drawn afresh.
 """
 
@@ -34,6 +34,7 @@ from .data import load_dataset
 from .images import save_image_grid
 from .functional import set_backend
 from .pipelines import PIPELINES, pipeline_class, pipeline_from_config
+from .pipelines.base import unwrapped
 
 PROGRAM = "python -m spikekern.train"
 
@@ -93,10 +94,11 @@ class Trainer:
     """One optimisation step at a time: the unit the command drives and the DDP test checks. ``lr`` is a
     rate or a schedule (a callable of the 1-based step, such as ``WarmupStableDecay``)."""
 
-    def __init__(self, pipeline, model, *, lr, ema_decay, grad_clip, amp, device):
+    def __init__(self, pipeline, model, *, lr, ema_decay, grad_clip, amp, device, compile_backend=None):
         self.pipeline = pipeline
-        self.model = model
-        self.module = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        self.module = unwrapped(model)
+        # Outside DDP's wrapper, as PyTorch advises: dynamo then splits the graph at DDP's gradient buckets.
+        self.model = model if compile_backend is None else torch.compile(model, backend=compile_backend)
         self.lr_at = lr if callable(lr) else (lambda step: lr)
         self.optimizer = torch.optim.Adam(self.module.parameters(), lr=self.lr_at(1))
         self.ema = EMA(self.module, ema_decay)
@@ -248,6 +250,9 @@ def _parser():
     parser.add_argument("--neuron-backend", default="auto", choices=NEURON_BACKEND_CHOICES,
                         help="the neurons' backend (auto: the best per call; compiled: the CPU fast path, "
                              "seconds of compilation per neuron configuration)")  # fmt: skip
+    parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                        help="torch.compile the training forward and backward with this backend (default inductor; "
+                             "minutes of compilation at the start; on a CPU, with --neuron-backend compiled)")  # fmt: skip
     parser.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on GPUs")
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -306,6 +311,9 @@ def load_initial_weights(model, pipeline, path):
 def main(argv=None):
     args = _parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
+    if args.compile is not None and args.compile not in torch.compiler.list_backends(exclude_tags=()):
+        raise ValueError(f"--compile: unknown torch.compile backend {args.compile!r}; choose one of "
+                         f"{torch.compiler.list_backends(exclude_tags=())}")  # fmt: skip
     _check_positive(args, "steps", "batch_size", "save_every", "sample_every", "sample_n", "sample_steps", "calibration_batches")
     args.lr_schedule = WarmupStableDecay(
         args.lr, total_steps=args.steps, warmup_steps=args.warmup_steps, decay_steps=args.lr_decay_steps
@@ -373,7 +381,7 @@ def _train(args, rank, world_size, device):
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     trainer = Trainer(
         pipeline, model, lr=args.lr_schedule, ema_decay=args.ema_decay, grad_clip=args.grad_clip, amp=not args.no_amp,
-        device=device,
+        device=device, compile_backend=args.compile,
     )  # fmt: skip
     command = " ".join([PROGRAM, *map(shlex.quote, args.argv)])
     history = {"images_seen": 0, "elapsed_s": 0.0, "commands": [*commands, command]}

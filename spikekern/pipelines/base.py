@@ -1,5 +1,15 @@
 """What every image-generating pipeline shares, read off its ``model_config``."""
 
+import torch
+
+
+def unwrapped(model):
+    """The network itself under the wrappers training may put around it: ``torch.compile``'s (outermost,
+    as PyTorch advises for DDP) and ``DistributedDataParallel``'s. A loss calls the wrapper for the forward
+    it trains and reaches the network's other parts (a frozen first stage, say) through this."""
+    model = getattr(model, "_orig_mod", model)
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
 
 class ImagePipeline:
     """Mixin for pipelines with a ``model_config`` holding ``image_channels``, ``image_size`` and ``neuron``."""

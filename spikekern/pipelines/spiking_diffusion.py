@@ -28,7 +28,7 @@ from ..diffusion import AbsorbingDiffusion, denoiser
 from ..diffusion._checks import check_real
 from ..models.layers import neuron_threshold
 from ..models.spiking_diffusion import PRESETS, STAGES, SpikingDiffusion, SpikingDiffusionConfig, preset_config
-from .base import ImagePipeline
+from .base import ImagePipeline, unwrapped
 
 GAUSSIAN_OPTIONS = ("sampler", "steps", "eta")
 
@@ -124,9 +124,8 @@ class SpikingDiffusionPipeline(ImagePipeline):
             output = model(x)
             reconstruction_loss = F.mse_loss(output.reconstruction, x) / self.model_config.data_variance
             return reconstruction_loss + output.quantization_loss
-        container = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
         with torch.no_grad():
-            tokens = container.vq.encode(x)
+            tokens = unwrapped(model).vq.encode(x)
         return self.diffusion.training_loss(model, tokens, **options)
 
     def sampling_options(self, temperature=None, v_threshold=None, **gaussian_options):
