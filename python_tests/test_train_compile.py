@@ -97,8 +97,11 @@ def test_train_compile_writes_a_checkpoint_an_eager_run_resumes(tmp_path):
 
 
 def test_train_refuses_an_unknown_compile_backend(tmp_path):
-    with pytest.raises(ValueError, match="--compile: unknown torch.compile backend 'fastest'"):
-        train.main([*TINY, "--out", str(tmp_path / "run"), "--compile", "fastest"])
+    with pytest.raises(ValueError, match=r"compile_backend \(--compile\): unknown torch.compile backend 'fastest'"):
+        train.main([*TINY, "--out", str(tmp_path / "run"), "--compile", "fastest", "--no-progress"])
+    _, model, _ = _tiny_trainer()
+    with pytest.raises(ValueError, match="compile_backend"):
+        _compiled_trainer(model, "fastest")
 
 
 @pytest.mark.parametrize(

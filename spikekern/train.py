@@ -95,6 +95,9 @@ class Trainer:
     rate or a schedule (a callable of the 1-based step, such as ``WarmupStableDecay``)."""
 
     def __init__(self, pipeline, model, *, lr, ema_decay, grad_clip, amp, device, compile_backend=None):
+        if compile_backend is not None and compile_backend not in torch.compiler.list_backends(exclude_tags=()):
+            raise ValueError(f"compile_backend (--compile): unknown torch.compile backend {compile_backend!r}; "
+                             f"choose one of {torch.compiler.list_backends(exclude_tags=())}")  # fmt: skip
         self.pipeline = pipeline
         self.module = unwrapped(model)
         # Outside DDP's wrapper, as PyTorch advises: dynamo then splits the graph at DDP's gradient buckets.
@@ -311,9 +314,6 @@ def load_initial_weights(model, pipeline, path):
 def main(argv=None):
     args = _parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
-    if args.compile is not None and args.compile not in torch.compiler.list_backends(exclude_tags=()):
-        raise ValueError(f"--compile: unknown torch.compile backend {args.compile!r}; choose one of "
-                         f"{torch.compiler.list_backends(exclude_tags=())}")  # fmt: skip
     _check_positive(args, "steps", "batch_size", "save_every", "sample_every", "sample_n", "sample_steps", "calibration_batches")
     args.lr_schedule = WarmupStableDecay(
         args.lr, total_steps=args.steps, warmup_steps=args.warmup_steps, decay_steps=args.lr_decay_steps
