@@ -2,6 +2,7 @@
 trainer itself: a loss that decreases, resume, DDP equal to one process on the whole batch."""
 
 import json
+import platform
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import torch
 from model_helpers import sample_embedded_default
 
 from spikekern import sample, train
+from spikekern._cli import keep_freed_memory
 from spikekern.pipelines import SDDPMPipeline
 
 TINY = ["--preset", "digits", "--base-channels", "8", "--time-steps", "2"]
@@ -89,6 +91,17 @@ def test_sample_npy_is_deterministic_and_in_range(run_dir, tmp_path, capsys):
     np.testing.assert_array_equal(first, second)
     printed = capsys.readouterr().out
     assert "firing rates" in printed and "ANN counterpart" in printed and "mJ" in printed
+
+
+def test_a_model_loaded_for_the_cpu_convolves_channels_last(run_dir):
+    _, model, _ = sample.load_model(str(run_dir), torch.device("cpu"))
+    convolutions = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convolutions and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convolutions)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_the_commands_keep_freed_memory_on_glibc():
+    assert keep_freed_memory() is True
 
 
 def test_sample_png_with_threshold_guidance_and_ddpm(run_dir, tmp_path):

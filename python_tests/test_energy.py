@@ -47,3 +47,38 @@ def test_counts_macs_of_real_input_and_sops_of_spike_input():
     expected_mj = (encoder_macs * E_MAC_PJ + (decoder_macs + head_macs) * rate * E_AC_PJ) / 2 * 1e-9
     assert report.energy_mj_per_image() == pytest.approx(expected_mj)
     assert "ratio SNN/ANN" in report.format(ann_macs_per_image=1000.0)
+
+
+class CheckingEveryInput(ActivityMonitor):
+    """The monitor without its shortcut for layers that read a neuron's output: every input is checked."""
+
+    def _spike_count(self, x):
+        self._neuron_outputs.clear()
+        return super()._spike_count(x)
+
+
+def test_layers_reading_neuron_outputs_are_counted_as_the_full_check_counts_them():
+    from spikekern.models import SpikingUNet
+
+    torch.manual_seed(0)
+    model = SpikingUNet.from_preset("digits", base_channels=8, spike_conv=False).eval()
+    images, steps = torch.randn(3, 1, 16, 16), torch.tensor([10, 500, 990])
+    reports = []
+    for monitor_class in (ActivityMonitor, CheckingEveryInput):
+        with torch.no_grad(), monitor_class(model) as monitor:
+            model(images, steps)
+        reports.append(monitor.report)
+    shortcut, checked = reports
+    assert 0 < shortcut.overall_firing_rate < 1
+    assert shortcut.macs == checked.macs and shortcut.dense_macs == checked.dense_macs
+    assert shortcut.sops == pytest.approx(checked.sops, rel=1e-6)
+    assert shortcut.firing_rates == checked.firing_rates
+
+
+def test_a_real_valued_input_whose_first_row_is_binary_costs_macs():
+    layer = torch.nn.Linear(4, 2, bias=False)
+    x = torch.rand(3, 4) + 2.0
+    x[0] = torch.tensor([0.0, 1.0, 1.0, 0.0])
+    with torch.no_grad(), ActivityMonitor(layer) as monitor:
+        layer(x)
+    assert monitor.report.macs == 3 * 2 * 4 and monitor.report.sops == 0.0

@@ -5,7 +5,7 @@ import torch
 from model_helpers import assert_spike_conv_matches_plain_conv, network_inputs
 
 from spikekern.models import SpikingUNet, SpikingUNetConfig, preset_config
-from spikekern.models.layers import TimeFoldedBatchNorm, neuron_threshold, sinusoidal_embedding
+from spikekern.models.layers import TimeFoldedBatchNorm, cat_channels, neuron_threshold, sinusoidal_embedding
 from spikekern.nn import BaseNode, IFNode, LIFNode, SpikeConv2d
 
 TINY = SpikingUNetConfig(image_channels=1, image_size=8, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, time_steps=2)
@@ -69,6 +69,33 @@ def test_every_block_convolution_reads_spikes_of_a_spikekern_neuron(spike_conv):
 
 def test_spike_conv_and_plain_conv_give_the_same_network():
     assert_spike_conv_matches_plain_conv(SpikingUNet, TINY)
+
+
+def test_channels_last_weights_give_the_same_network_in_the_same_layout():
+    torch.manual_seed(0)
+    model = SpikingUNet(TINY, spike_conv=False).eval()
+    x, t = network_inputs(TINY)
+    with torch.no_grad():
+        expected = model(x, t)
+        model.to(memory_format=torch.channels_last)
+        seen = []
+        hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o)) for m in model.modules() if isinstance(m, BaseNode)]
+        actual = model(x, t)
+    for hook in hooks:
+        hook.remove()
+    # oneDNN's channels-last convolutions may round differently: a spike can flip, not the picture.
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0.05 * expected.abs().max().item())
+    channels_last_steps = [s.flatten(0, 1).is_contiguous(memory_format=torch.channels_last) for s in seen]
+    assert all(channels_last_steps), "every neuron, after the skip concatenations too, keeps the layout"
+
+
+def test_cat_channels_concatenates_along_channels_and_keeps_channels_last():
+    a, b = torch.randn(2, 3, 4, 5, 5), torch.randn(2, 3, 6, 5, 5)
+    torch.testing.assert_close(cat_channels(a, b), torch.cat((a, b), dim=2), rtol=0, atol=0)
+    a_last, b_last = (t.flatten(0, 1).to(memory_format=torch.channels_last).unflatten(0, (2, 3)) for t in (a, b))
+    joined = cat_channels(a_last, b_last)
+    assert torch.equal(joined, torch.cat((a, b), dim=2))
+    assert joined.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
 
 
 def test_calls_are_independent_and_keep_no_membrane():

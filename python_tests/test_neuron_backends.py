@@ -182,6 +182,39 @@ def test_non_contiguous_input(backend, kind):
         assert_bit_equal(expected, contiguous, f"{name} of strided vs contiguous input")
 
 
+def channels_last(x_seq):
+    """``[T, B, C, H, W]`` laid out as channels-last images ``[T*B, C, H, W]``: C varies fastest."""
+    return x_seq.flatten(0, 1).to(memory_format=torch.channels_last).unflatten(0, x_seq.shape[:2])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["if", "plif"])
+@pytest.mark.parametrize("layout", ["channels-last", "expanded-channels-last", "time-inside"])
+def test_dense_step_layouts_are_kept_and_others_copied(backend, kind, layout):
+    x_seq, v_init, w = make_inputs((4, 2, 5, 3, 7), torch.float32, with_v_init=True)
+    if layout == "channels-last":
+        x_laid_out = channels_last(x_seq)
+    elif layout == "expanded-channels-last":  # one image repeated over time, as a U-Net's first neuron reads it
+        x_laid_out = x_seq[0].to(memory_format=torch.channels_last).expand(x_seq.shape)
+        x_seq = x_laid_out.contiguous()
+    else:  # [B, T, ...] memory transposed to [T, B, ...]: time is not outermost, the ops copy
+        x_laid_out = x_seq.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not x_laid_out.is_contiguous() and torch.equal(x_laid_out, x_seq)
+    outputs, _ = check_against_reference(kind, backend, x_laid_out, v_init, w, store_v_seq=True)
+    outputs, grads = run_neuron(kind, backend, x_laid_out, v_init, w, store_v_seq=True)
+    contiguous_outputs, contiguous_grads = run_neuron(kind, backend, x_seq, v_init, w, store_v_seq=True)
+    for name, output, contiguous in zip(OUTPUT_NAMES, outputs, contiguous_outputs):
+        assert_bit_equal(output, contiguous, f"{name} of {layout} vs contiguous input")
+    for name in ("x_seq", "v_init"):  # per neuron: the same operations; w's sum adds in another order
+        assert_bit_equal(grads[name], contiguous_grads[name], f"grad {name} of {layout} vs contiguous input")
+    if kind == "plif":
+        assert_close_verbose(grads["w"], contiguous_grads["w"], 1e-5, 1e-6, f"grad w of {layout}")
+    spikes, v_last, v_seq = outputs
+    if layout != "time-inside":
+        assert spikes.stride() == v_seq.stride() == channels_last(x_seq).stride()
+        assert v_last.stride() == channels_last(x_seq).stride()[1:]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("soft_reset", [False, True])
 def test_non_finite_input_policy(backend, soft_reset):

@@ -6,6 +6,7 @@ accumulate per spike and fan-out connection (a synaptic operation, SOP = MACs x 
 one with real-valued input performs MACs. An ANN counterpart performs MACs everywhere.
 """
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -16,8 +17,16 @@ E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
 
 
+def _all_binary(x):
+    return bool(((x == 0) | (x == 1)).all())
+
+
 def _is_binary(x):
-    return x.is_floating_point() and bool(((x == 0) | (x == 1)).all())
+    if not x.is_floating_point():
+        return False
+    # A row of a real-valued input almost always holds a non-binary value: a view, no full pass.
+    first_row = x[(0,) * (x.dim() - 1)] if x.dim() else x
+    return _all_binary(first_row) and _all_binary(x)
 
 
 def _macs(module, x, y):
@@ -90,6 +99,9 @@ class ActivityMonitor:
         self.report = ActivityReport()
         self._activity = {}
         self._handles = []
+        # id(neuron output) -> (weak reference to it, its spike count), for the current network call: a layer
+        # that reads a neuron's output as it is needs neither the binary check nor a count of its own.
+        self._neuron_outputs = {}
 
     def __enter__(self):
         self._handles.append(self.model.register_forward_hook(self._count_call))
@@ -112,6 +124,7 @@ class ActivityMonitor:
 
     def _count_call(self, module, inputs, output):
         self.report.calls += 1
+        self._neuron_outputs.clear()
         # Images are [..., B, C, H, W]: a per-step state [T, B, C, H, W] (FSDDIM's sampler) is still B images;
         # a token grid [B, h, w] (Spiking-Diffusion's denoiser) is B images.
         x = inputs[0]
@@ -120,17 +133,27 @@ class ActivityMonitor:
     def _neuron_hook(self, name):
         def hook(module, inputs, output):
             spikes = output[0] if isinstance(output, tuple) else output
+            count = float(spikes.detach().float().sum())
+            self._neuron_outputs[id(spikes)] = (weakref.ref(spikes), count)
             activity = self._activity[name]
-            activity.spikes += float(spikes.detach().float().sum())
+            activity.spikes += count
             activity.elements += spikes.numel()
 
         return hook
 
+    def _spike_count(self, x):
+        """The number of spikes in ``x`` if it is binary, else None."""
+        reference, count = self._neuron_outputs.get(id(x), (None, None))
+        if reference is not None and reference() is x:
+            return count
+        return float(x.detach().float().sum()) if _is_binary(x.detach()) else None
+
     def _layer_hook(self, module, inputs, output):
-        x = inputs[0].detach()
+        x = inputs[0]
         macs = _macs(module, x, output)
-        if _is_binary(x):
-            self.report.sops += macs * float(x.float().mean()) if x.numel() else 0.0
-            self.report.dense_macs += macs
-        else:
+        spikes = self._spike_count(x)
+        if spikes is None:
             self.report.macs += macs
+        else:
+            self.report.sops += macs * spikes / x.numel() if x.numel() else 0.0
+            self.report.dense_macs += macs

@@ -45,7 +45,12 @@ def load_model(checkpoint, device, spike_conv="auto"):
     model = pipeline.build_model(spike_conv=spike_conv_for(device, spike_conv))
     prefix = "ema." if any(name.startswith("ema.") for name in tensors) else "model."
     load_state(model, tensors, prefix, source=f"checkpoint {checkpoint!r}")
-    return pipeline, model.to(device).eval(), config
+    model = model.to(device).eval()
+    if device.type == "cpu":
+        # oneDNN convolves channels-last weights faster (the outputs follow their layout): a fifth of a
+        # width-48 digits U-Net's sampling time on two cores.
+        model = model.to(memory_format=torch.channels_last)
+    return pipeline, model, config
 
 
 def generate(pipeline, model, n, *, batch_size, seed, device, progress=True, cuda_graphs=False, **sampling):

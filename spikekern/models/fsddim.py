@@ -55,7 +55,8 @@ from ..nn import Leaky
 from ..nn.stateless import AvgPool2d, Conv2d, Upsample
 from ..surrogate import Triangle
 from .layers import (
-    TimeFoldedBatchNorm, UNetConfigMixin, configured_preset, conv_after_neuron, sinusoidal_embedding,
+    TimeFoldedBatchNorm, UNetConfigMixin, cat_channels, configured_preset, conv_after_neuron,
+    sinusoidal_embedding,
 )  # fmt: skip
 
 NEURONS = ("lif", "if", "relu")
@@ -290,9 +291,9 @@ class FSDDIMUNet(nn.Module):
             h = block(h, temb)
         for level, (*blocks, transition) in enumerate(self.up):
             for block in blocks:
-                h = block(torch.cat((h, skips.pop()), dim=2), temb)
+                h = block(cat_channels(h, skips.pop()), temb)
                 if level == len(self.up) - 1:
                     readout.append(h)
             h = transition(h)
-        h = self.final_block(torch.cat((h, skips.pop()), dim=2), temb)
-        return self.conv_out(torch.cat((h, *readout), dim=2))
+        h = self.final_block(cat_channels(h, skips.pop()), temb)
+        return self.conv_out(cat_channels(h, *readout))

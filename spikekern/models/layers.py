@@ -68,6 +68,13 @@ def conv_after_neuron(neuron_kind, spike_conv, in_channels, out_channels, kernel
     return Conv2d(in_channels, out_channels, kernel_size, stride, padding, step_mode="m")
 
 
+def cat_channels(*tensors):
+    """Concatenate ``[T, B, C, H, W]`` tensors along C. The cat runs on the ``[T*B, C, H, W]`` views, which
+    keeps channels-last activations channels-last; a 5-D cat returns a contiguous tensor, which every
+    convolution reading it would transpose back."""
+    return torch.cat([t.flatten(0, 1) for t in tensors], dim=1).unflatten(0, tensors[0].shape[:2])
+
+
 def xavier_init(module, gain=1.0):
     """Xavier-uniform weights and zero biases for every convolution and linear layer in ``module``."""
     for layer in module.modules():

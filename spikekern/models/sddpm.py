@@ -33,8 +33,8 @@ from torch import nn
 
 from ..nn.stateless import Conv2d
 from .layers import (
-    NEURONS, TimeEmbedding, TimeFoldedBatchNorm, UNetConfigMixin, configured_preset, conv_after_neuron,
-    make_neuron, xavier_init,
+    NEURONS, TimeEmbedding, TimeFoldedBatchNorm, UNetConfigMixin, cat_channels, configured_preset,
+    conv_after_neuron, make_neuron, xavier_init,
 )  # fmt: skip
 
 
@@ -187,7 +187,7 @@ class SpikingUNet(nn.Module):
         for layer in self.middle:
             h = layer(h, temb)
         for layer in self.up:
-            h = layer(torch.cat((h, skips.pop()), dim=2), temb) if isinstance(layer, ResBlock) else layer(h)
+            h = layer(cat_channels(h, skips.pop()), temb) if isinstance(layer, ResBlock) else layer(h)
         h = self.tail(h)
         h = h + F.silu(self.readout_bn(self.readout_conv(h)))
         return torch.einsum("t,tbchw->bchw", self.readout_weights.to(h.dtype), h)

@@ -64,7 +64,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.stateless import StepModeMixin
-from .layers import TimeFoldedBatchNorm, check_positive_ints, configured_preset, conv_after_neuron, make_neuron
+from .layers import (
+    TimeFoldedBatchNorm, cat_channels, check_positive_ints, configured_preset, conv_after_neuron, make_neuron,
+)  # fmt: skip
 
 NEURONS = ("lif", "if")
 STAGES = ("vq", "diffusion")
@@ -300,7 +302,7 @@ class SDID(nn.Module):
         dtype = self.stem.conv.weight.dtype
         steps = t.to(dtype)[:, None, None].expand(tokens.shape)
         first = self.stem(torch.stack((tokens.to(dtype), steps), dim=1))
-        return self.head(torch.cat((self.body(first), first), dim=2)).mean(0)
+        return self.head(cat_channels(self.body(first), first)).mean(0)
 
 
 class SpikingDiffusion(nn.Module):

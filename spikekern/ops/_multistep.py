@@ -67,6 +67,30 @@ def unpack_state(state, state_mode, threshold, cdtype, fires_at_threshold):
     return charge, margin, spike.to(cdtype)
 
 
+def memory_order(x_seq):
+    """The order of ``x_seq``'s dims with time first and the others by decreasing stride, when every step
+    is laid out densely in another order than its logical one (channels-last activations, say), else None.
+    The neuron dynamics act on each neuron alone, so the ops run on ``x_seq.permute(order)`` (contiguous
+    unless time is strided: an expanded input, say) instead of a transposing copy, and permute their
+    outputs back: they keep the step's layout."""
+    if x_seq.dim() < 3 or x_seq.numel() == 0 or x_seq.is_contiguous():
+        return None
+    strides = x_seq.stride()
+    order = (0, *sorted(range(1, x_seq.dim()), key=lambda dim: -strides[dim]))
+    if list(order) == sorted(order) or not x_seq[0].permute([dim - 1 for dim in order[1:]]).is_contiguous():
+        return None
+    return order
+
+
+def permute_neurons(t, order):
+    """A ``[N, *]`` tensor (one step) permuted as ``order`` permutes ``[T, N, *]``."""
+    return t.permute([dim - 1 for dim in order[1:]])
+
+
+def inverse_order(order):
+    return tuple(sorted(range(len(order)), key=order.__getitem__))
+
+
 def as_rows(t, time_steps):
     return t.contiguous().view(time_steps, -1)
 

@@ -273,11 +273,19 @@ def _neuron_multistep(
     surrogate_id, alpha, state_mode = ms.resolve_run_options(
         x_seq, (v_init, w), surrogate, alpha, compact_state, backend
     )
+    order = ms.memory_order(x_seq)
+    if order is not None:
+        x_seq = x_seq.permute(order)
+        v_init = None if v_init is None else ms.permute_neurons(v_init, order)
     spikes, v_last, _, v_seq = torch.ops.spikekern.neuron_forward(
         x_seq, v_init, w, neuron_kind, float(tau), decay_input, float(v_threshold),
         0.0 if v_reset is None else float(v_reset), v_reset is None, detach_reset, surrogate_id, alpha,
         store_v_seq, state_mode, backend or "",
     )  # fmt: skip
+    if order is not None:
+        inverse = ms.inverse_order(order)
+        spikes, v_seq = spikes.permute(inverse), v_seq.permute(inverse) if store_v_seq else v_seq
+        v_last = ms.permute_neurons(v_last, inverse)
     return (spikes, v_last, v_seq) if store_v_seq else (spikes, v_last)
 
 
