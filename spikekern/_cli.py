@@ -60,6 +60,13 @@ def resolve_device(name):
     return device
 
 
+def fast_conv_layout(model, device):
+    """``model`` with channels-last convolution weights on a CPU, where oneDNN convolves them faster and the
+    activations follow their layout: a fifth of a width-48 digits U-Net's sampling time and a twelfth of
+    its training step on two cores. Elsewhere ``model`` as it is (not measured on GPUs yet)."""
+    return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model
+
+
 def spike_conv_for(device, choice):
     """Whether convolutions that read spikes run as SpikeConv2d: by default on GPUs, where the
     spike-driven kernels and 1-bit saved inputs pay off; on a CPU the reference path would only add work."""

@@ -28,7 +28,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ._cli import NEURON_BACKEND_CHOICES, check_applies, neuron_backend_for, resolve_device, run_main, spike_conv_for
+from ._cli import (
+    NEURON_BACKEND_CHOICES, check_applies, fast_conv_layout, neuron_backend_for, resolve_device, run_main,
+    spike_conv_for,
+)  # fmt: skip
 from .checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
 from .data import load_dataset
 from .images import save_image_grid
@@ -372,6 +375,7 @@ def _train(args, rank, world_size, device):
 
     torch.manual_seed(args.seed)  # the same initial weights in every process
     model = pipeline.build_model(spike_conv=spike_conv_for(device, args.spike_conv)).to(device)
+    model = fast_conv_layout(model, device)
     set_backend(model, neuron_backend_for(device, args.neuron_backend))
     # The commands that made the --init weights come first: the record says how the whole model was trained.
     commands = []
