@@ -142,6 +142,27 @@ def test_non_contiguous_input(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("per_neuron_beta", [True, False])
+@pytest.mark.parametrize("output_mem_seq", [True, False])
+def test_channels_last_input_keeps_its_layout(backend, per_neuron_beta, output_mem_seq):
+    x_seq, beta, mem_init, threshold = make_inputs((4, 2, 5, 3, 7), torch.float32, per_neuron_beta)
+    x_channels_last = x_seq.flatten(0, 1).to(memory_format=torch.channels_last).unflatten(0, x_seq.shape[:2])
+    laid_out = (x_channels_last, beta, mem_init, threshold)
+    check_against_reference(backend, laid_out, output_mem_seq=output_mem_seq)
+    spikes, mem, grads = run_leaky(backend, laid_out, output_mem_seq=output_mem_seq)
+    contiguous = (x_seq, beta, mem_init, threshold)
+    expected_spikes, expected_mem, expected_grads = run_leaky(backend, contiguous, output_mem_seq=output_mem_seq)
+    assert_bit_equal(spikes, expected_spikes, "spikes of channels-last vs contiguous input")
+    assert_bit_equal(mem, expected_mem, "mem of channels-last vs contiguous input")
+    for name in ("x_seq", "mem_init"):  # per neuron: the same operations; beta's and threshold's sums differ in order
+        assert_bit_equal(grads[name], expected_grads[name], f"grad {name} of channels-last vs contiguous input")
+    for name in ("beta", "threshold"):
+        assert_close_verbose(grads[name], expected_grads[name], 1e-5, 1e-5, f"grad {name}")
+    assert spikes.stride() == x_channels_last.stride()
+    assert mem.stride() == (x_channels_last.stride() if output_mem_seq else x_channels_last.stride()[1:])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reset_mechanism", sorted(RESET_MECHANISMS))
 def test_non_finite_input_policy(backend, reset_mechanism):
     """NaN never fires and poisons the membrane; +inf fires; every backend agrees (docs/leaky_op.md)."""

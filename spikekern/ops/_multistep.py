@@ -82,9 +82,14 @@ def memory_order(x_seq):
     return order
 
 
-def permute_neurons(t, order):
-    """A ``[N, *]`` tensor (one step) permuted as ``order`` permutes ``[T, N, *]``."""
-    return t.permute([dim - 1 for dim in order[1:]])
+def permuted(order, sequences, neuron_tensors):
+    """``[T, N, *]`` tensors permuted as ``order`` says and ``[N, *]`` ones as one step of them (None stays
+    None): ``memory_order``'s order on the way in, ``inverse_order`` of it on the way out."""
+    step_order = [dim - 1 for dim in order[1:]]
+    return (
+        [None if t is None else t.permute(order) for t in sequences],
+        [None if t is None else t.permute(step_order) for t in neuron_tensors],
+    )
 
 
 def inverse_order(order):

@@ -335,7 +335,16 @@ def leaky_multistep(
     surrogate_id, alpha, state_mode = ms.resolve_run_options(
         x_seq, (mem_init, beta, threshold), surrogate, alpha, compact_state, backend
     )
+    order = ms.memory_order(x_seq)
+    if order is not None:
+        per_neuron = beta.shape == x_seq.shape[1:]  # else one value, the same in any order
+        (x_seq,), (mem_init, permuted_beta) = ms.permuted(order, [x_seq], [mem_init, beta if per_neuron else None])
+        beta = permuted_beta if per_neuron else beta
     spikes, mem, _ = torch.ops.spikekern.leaky_forward(
         x_seq, mem_init, beta, threshold, reset_id, surrogate_id, alpha, output_mem_seq, state_mode, backend or ""
     )
+    if order is not None:
+        mem_seq, mem_last = (mem, None) if output_mem_seq else (None, mem)
+        (spikes, mem_seq), (mem_last,) = ms.permuted(ms.inverse_order(order), [spikes, mem_seq], [mem_last])
+        mem = mem_seq if output_mem_seq else mem_last
     return spikes, mem

@@ -275,17 +275,15 @@ def _neuron_multistep(
     )
     order = ms.memory_order(x_seq)
     if order is not None:
-        x_seq = x_seq.permute(order)
-        v_init = None if v_init is None else ms.permute_neurons(v_init, order)
+        (x_seq,), (v_init,) = ms.permuted(order, [x_seq], [v_init])
     spikes, v_last, _, v_seq = torch.ops.spikekern.neuron_forward(
         x_seq, v_init, w, neuron_kind, float(tau), decay_input, float(v_threshold),
         0.0 if v_reset is None else float(v_reset), v_reset is None, detach_reset, surrogate_id, alpha,
         store_v_seq, state_mode, backend or "",
     )  # fmt: skip
     if order is not None:
-        inverse = ms.inverse_order(order)
-        spikes, v_seq = spikes.permute(inverse), v_seq.permute(inverse) if store_v_seq else v_seq
-        v_last = ms.permute_neurons(v_last, inverse)
+        stored_v_seq = v_seq if store_v_seq else None
+        (spikes, v_seq), (v_last,) = ms.permuted(ms.inverse_order(order), [spikes, stored_v_seq], [v_last])
     return (spikes, v_last, v_seq) if store_v_seq else (spikes, v_last)
 
 
