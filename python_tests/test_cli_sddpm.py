@@ -260,5 +260,6 @@ def test_resuming_a_finished_run_only_records_new_sampling_defaults(run_dir, tmp
 
 def test_the_embedded_default_model_loads_and_samples(tmp_path, capsys):
     config = sample_embedded_default("sddpm", tmp_path / "embedded.npy", capsys, "--steps", "2")
-    assert config["model"]["preset"] == "digits" and config["training"]["step"] == 13400
+    assert config["model"]["preset"] == "digits" and config["model"]["base_channels"] == 48
+    assert config["training"]["step"] == 6250
     assert config["sampling"] == {"sampler": "ddim", "steps": 50, "eta": 1.0}

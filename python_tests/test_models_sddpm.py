@@ -19,7 +19,7 @@ def _parameters(model):
 # (nn.Embedding.from_pretrained); spikekern computes the sinusoid instead, so 128,000 fewer.
 @pytest.mark.parametrize(
     "preset, parameters",
-    [("sddpm-cifar10", 66_568_413), ("sddpm-celeba", 76_475_613), ("sddpm-mnist", 6_108_365), ("digits", 1_054_989)],
+    [("sddpm-cifar10", 66_568_413), ("sddpm-celeba", 76_475_613), ("sddpm-mnist", 6_108_365), ("digits", 2_368_909)],
 )
 def test_preset_parameter_counts(preset, parameters):
     model = SpikingUNet.from_preset(preset, spike_conv=False)

@@ -64,7 +64,9 @@ PRESETS = {
     # MNIST / Fashion-MNIST resized to 32x32 as in the papers.
     "sddpm-mnist": SpikingUNetConfig(1, 32, 64, (1, 2, 2), 2, 4, preset="sddpm-mnist"),
     # The embedded default: scikit-learn's digits upscaled to 16x16, small enough to train and sample on a CPU.
-    "digits": SpikingUNetConfig(1, 16, 32, (1, 2, 2), 1, 4, preset="digits"),
+    # Width 48 rather than 32: 91.1% confident / FID 2.5 after 6,250 steps against width 32's 88.0% / 5.4
+    # after 13,400 (README), and 64 samples still take under a minute on two CPU cores.
+    "digits": SpikingUNetConfig(1, 16, 48, (1, 2, 2), 1, 4, preset="digits"),
 }
 
 
