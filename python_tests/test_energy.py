@@ -82,3 +82,10 @@ def test_a_real_valued_input_whose_first_row_is_binary_costs_macs():
     with torch.no_grad(), ActivityMonitor(layer) as monitor:
         layer(x)
     assert monitor.report.macs == 3 * 2 * 4 and monitor.report.sops == 0.0
+
+
+def test_a_binary_vector_input_costs_synaptic_operations():
+    layer = torch.nn.Linear(4, 2, bias=False)
+    with torch.no_grad(), ActivityMonitor(layer) as monitor:
+        layer(torch.tensor([0.0, 1.0, 1.0, 0.0]))
+    assert monitor.report.macs == 0.0 and monitor.report.dense_macs == 2 * 4 and monitor.report.sops == 2 * 4 * 0.5

@@ -1,7 +1,6 @@
 """What the command-line programs share: one clear error line instead of a traceback, device choice."""
 
 import ctypes
-import ctypes.util
 import inspect
 import sys
 
@@ -28,8 +27,7 @@ def keep_freed_memory():
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the process already runs on
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))

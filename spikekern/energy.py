@@ -25,7 +25,7 @@ def _is_binary(x):
     if not x.is_floating_point():
         return False
     # A row of a real-valued input almost always holds a non-binary value: a view, no full pass.
-    first_row = x[(0,) * (x.dim() - 1)] if x.dim() else x
+    first_row = x[(0,) * (x.dim() - 1)] if x.dim() > 1 else x.reshape(-1)[:1]
     return _all_binary(first_row) and _all_binary(x)
 
 
