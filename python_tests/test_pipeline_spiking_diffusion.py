@@ -153,6 +153,17 @@ def test_stage_two_may_size_its_denoiser_apart_from_stage_one(runs, tmp_path):
     assert pipeline_from_config(config).build_model().denoiser.stem.conv.out_channels == 6
 
 
+def test_resume_takes_the_family_and_stage_from_the_run(runs, tmp_path):
+    out = tmp_path / "resumed"
+    out.mkdir()
+    for name in ("last.safetensors", "last.json"):
+        (out / name).write_bytes((runs / "sd" / name).read_bytes())
+    train.main(["--out", str(out), "--resume", "--steps", "3", "--batch-size", "8", "--save-every", "100",
+                "--sample-every", "100", "--no-progress"])  # fmt: skip
+    config = json.loads((out / "last.json").read_text())
+    assert (config["family"], config["stage"], config["training"]["step"]) == ("spiking-diffusion", "diffusion", 3)
+
+
 def test_sample_command_is_deterministic(runs, tmp_path, capsys):
     paths = [tmp_path / "a.npy", tmp_path / "b.npy"]
     for path in paths:
@@ -179,6 +190,7 @@ def test_sample_command_is_deterministic(runs, tmp_path, capsys):
          "--denoiser-channels: --resume continues the run's own network"),
         (train, [*TINY_ARGS, "--stage", "diffusion", "--init", "{vq}", "--resume", "--out", "{tmp}/r"],
          "only one of them"),
+        (train, ["--model", "sddpm", "--resume", "--out", "{sd}"], "is a 'spiking-diffusion' run, not 'sddpm'"),
         (train, [*TINY_ARGS, "--stage", "generate", "--out", "{tmp}/r"], "stage must be one of"),
         (train, [*TINY_ARGS, "--neuron", "relu", "--out", "{tmp}/r"], "no ANN counterpart"),
         (train, [*TINY_ARGS, "--sampling-defaults", "ddim:5", "--out", "{tmp}/r"], "apply to the DDPM/DDIM samplers"),

@@ -214,7 +214,8 @@ def _batches(dataset, batch_size, rank, world_size, seed, workers):
 
 def _parser():
     parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="sddpm", choices=sorted(PIPELINES))
+    parser.add_argument("--model", default=None, choices=sorted(PIPELINES),
+                        help="diffusion family (default: sddpm; with --resume, the run's own)")  # fmt: skip
     parser.add_argument("--preset", default=None, help="network preset (default: the family's digits preset)")
     parser.add_argument("--neuron", default=None, choices=["if", "lif", "relu"],
                         help="override the preset's neuron; relu trains the ANN counterpart")  # fmt: skip
@@ -348,16 +349,17 @@ def _train(args, rank, world_size, device):
             raise ValueError(f"--resume: no checkpoint at {last_path}")
         resumed = load_checkpoint(last_path)
         pipeline = pipeline_from_config(resumed[1])
-        if pipeline.name != args.model:
+        if args.model is not None and pipeline.name != args.model:
             raise CheckpointError(f"--resume: {last_path} is a {pipeline.name!r} run, not {args.model!r}")
     else:
-        family = pipeline_class(args.model)
+        model_family = args.model or "sddpm"
+        family = pipeline_class(model_family)
         overrides = dict(
             neuron=args.neuron, time_steps=args.time_steps, base_channels=args.base_channels,
             denoiser_channels=args.denoiser_channels, stage=args.stage,
         )  # fmt: skip
         overrides = {name: value for name, value in overrides.items() if value is not None}
-        check_applies(family.from_preset, overrides, args.model)
+        check_applies(family.from_preset, overrides, model_family)
         pipeline = family.from_preset(args.preset or family.default_preset, **overrides)
         if args.init is None and getattr(pipeline, "requires_init", None):
             raise ValueError(pipeline.requires_init)
