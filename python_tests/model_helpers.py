@@ -42,3 +42,11 @@ def sample_embedded_default(family, out, capsys, *options):
     assert f"{family}-digits.safetensors" in capsys.readouterr().out
     with open(checkpoint.removesuffix(".safetensors") + ".json") as file:
         return json.load(file)
+
+
+def copy_of_run(run_dir, out):
+    """A new run directory holding ``run_dir``'s training state, to resume."""
+    out.mkdir()
+    for name in ("last.safetensors", "last.json"):
+        (out / name).write_bytes((run_dir / name).read_bytes())
+    return out

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from model_helpers import sample_embedded_default
+from model_helpers import copy_of_run, sample_embedded_default
 
 from spikekern import sample, train
 from spikekern._cli import keep_freed_memory
@@ -41,16 +41,8 @@ def test_train_writes_checkpoints_config_and_sample_grid(run_dir):
     ]
 
 
-def _copy_of_run(run_dir, out):
-    """A new run directory holding ``run_dir``'s training state, to resume."""
-    out.mkdir()
-    for name in ("last.safetensors", "last.json"):
-        (out / name).write_bytes((run_dir / name).read_bytes())
-    return out
-
-
 def test_resume_continues_the_step_count(run_dir, tmp_path):
-    out = _copy_of_run(run_dir, tmp_path / "resumed")
+    out = copy_of_run(run_dir, tmp_path / "resumed")
     train.main(["--out", str(out), "--resume", "--steps", "6", "--batch-size", "8", "--save-every", "100",
                 "--sample-every", "100", "--sample-n", "2", "--sample-steps", "2", "--lr-decay-steps", "2",
                 "--no-progress"])  # fmt: skip
@@ -245,7 +237,7 @@ def test_sampling_defaults_parse_and_refuse():
 
 
 def test_resuming_a_finished_run_only_records_new_sampling_defaults(run_dir, tmp_path):
-    out = _copy_of_run(run_dir, tmp_path / "finished")
+    out = copy_of_run(run_dir, tmp_path / "finished")
     trained = json.loads((run_dir / "model.json").read_text())["training"]
     train.main(["--out", str(out), "--resume", "--steps", "4", "--batch-size", "16", "--lr", "0.5", "--seed", "9",
                 "--sampling-defaults", "ddim:2:1", "--sample-n", "2", "--sample-steps", "2", "--no-progress"])  # fmt: skip

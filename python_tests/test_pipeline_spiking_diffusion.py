@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from model_helpers import sample_embedded_default
+from model_helpers import copy_of_run, sample_embedded_default
 
 from spikekern import sample, train
 from spikekern._cli import run_main
@@ -154,10 +154,7 @@ def test_stage_two_may_size_its_denoiser_apart_from_stage_one(runs, tmp_path):
 
 
 def test_resume_takes_the_family_and_stage_from_the_run(runs, tmp_path):
-    out = tmp_path / "resumed"
-    out.mkdir()
-    for name in ("last.safetensors", "last.json"):
-        (out / name).write_bytes((runs / "sd" / name).read_bytes())
+    out = copy_of_run(runs / "sd", tmp_path / "resumed")
     train.main(["--out", str(out), "--resume", "--steps", "3", "--batch-size", "8", "--save-every", "100",
                 "--sample-every", "100", "--no-progress"])  # fmt: skip
     config = json.loads((out / "last.json").read_text())
