@@ -49,6 +49,22 @@ def assert_close_verbose(actual, expected, rtol, atol, what):
         )
 
 
+def assert_compiled_like_eager(model, inputs, atol):
+    """torch.compile(fullgraph=True) of ``model`` gives its eager output (rtol 1e-6) and parameter gradients
+    (rtol 1e-5) within ``atol``, and dynamo finds no graph break in it."""
+    torch._dynamo.reset()
+    out_eager = model(*inputs)
+    out_compiled = torch.compile(model, fullgraph=True)(*inputs)
+    assert_close_verbose(out_compiled, out_eager, 1e-6, atol, "compiled output")
+    out_eager.sum().backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    out_compiled.sum().backward()
+    for eager_grad, param in zip(eager_grads, model.parameters()):
+        assert_close_verbose(param.grad, eager_grad, 1e-5, atol, "compiled gradient")
+    assert torch._dynamo.explain(model)(*inputs).graph_break_count == 0
+
+
 def assert_bit_equal(actual, expected, what):
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
     same = (actual == expected) | (actual.isnan() & expected.isnan())

@@ -8,7 +8,7 @@ from conftest import (
     cuda_schemas,
     DEVICE,
     assert_bit_equal,
-    assert_close_verbose,
+    assert_compiled_like_eager,
     fast_backends,
     replay_in_cuda_graph,
     saved_bytes_per_element,
@@ -160,21 +160,9 @@ class TinySpikingNet(torch.nn.Module):
 
 
 def test_torch_compile_fullgraph_has_no_graph_break():
-    torch._dynamo.reset()
     model = TinySpikingNet().to(DEVICE)
     x_seq = torch.randn(4, 3, 8, device=DEVICE) * 3
-    compiled = torch.compile(model, fullgraph=True)
-    out_eager = model(x_seq)
-    out_compiled = compiled(x_seq)
-    assert_close_verbose(out_compiled, out_eager, 1e-6, 1e-6, "compiled output")
-    out_eager.sum().backward()
-    eager_grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    out_compiled.sum().backward()
-    for eager_grad, param in zip(eager_grads, model.parameters()):
-        assert_close_verbose(param.grad, eager_grad, 1e-5, 1e-6, "compiled gradient")
-    explanation = torch._dynamo.explain(model)(x_seq)
-    assert explanation.graph_break_count == 0
+    assert_compiled_like_eager(model, (x_seq,), atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

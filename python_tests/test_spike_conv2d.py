@@ -11,7 +11,7 @@ F.conv2d, relative to the scale."""
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE, assert_bit_equal, assert_close_verbose
+from conftest import DEVICE, assert_bit_equal, assert_close_verbose, assert_compiled_like_eager
 from spike_helpers import (
     FLOAT_TOLERANCE, GPU_ONLY, TRITON_USABLE, check_gradients_of_subset, forward_backward, spike_aot_case,
 )  # fmt: skip
@@ -281,19 +281,9 @@ class SpikingConvNet(torch.nn.Module):
 
 @pytest.mark.parametrize(("backend", "path"), RUNS, ids=RUN_IDS)
 def test_torch_compile_fullgraph_has_no_graph_break(backend, path):
-    torch._dynamo.reset()
     model = SpikingConvNet(backend, path).to(DEVICE)
     spikes = make_problem((2, 2, 5, 4, 4), 1, (1, 1))[0]
-    out_eager = model(spikes)
-    out_compiled = torch.compile(model, fullgraph=True)(spikes)
-    assert_close_verbose(out_compiled, out_eager, 1e-6, 1e-5, "compiled output")
-    out_eager.sum().backward()
-    eager_grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    out_compiled.sum().backward()
-    for eager_grad, param in zip(eager_grads, model.parameters()):
-        assert_close_verbose(param.grad, eager_grad, 1e-5, 1e-5, "compiled gradient")
-    assert torch._dynamo.explain(model)(spikes).graph_break_count == 0
+    assert_compiled_like_eager(model, (spikes,), atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------

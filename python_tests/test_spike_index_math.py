@@ -11,7 +11,6 @@ problems, so that the checks themselves are tested on every machine.
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import DEVICE, assert_bit_equal, assert_close_verbose
 from spike_helpers import FAST_BACKENDS, FLOAT_TOLERANCE
 

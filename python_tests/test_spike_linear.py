@@ -11,7 +11,7 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE, assert_bit_equal, assert_close_verbose, cuda_schemas
+from conftest import DEVICE, assert_bit_equal, assert_close_verbose, assert_compiled_like_eager, cuda_schemas
 from spike_helpers import (
     FAST_BACKENDS, FLOAT_TOLERANCE, GPU_ONLY, check_gradients_of_subset, forward_backward, spike_aot_case,
 )  # fmt: skip
@@ -213,19 +213,9 @@ class SpikingMLP(torch.nn.Module):
 
 
 def test_torch_compile_fullgraph_has_no_graph_break():
-    torch._dynamo.reset()
     model = SpikingMLP().to(DEVICE)
     spikes = make_problem((3, 4, 45), 1, 0.2)[0]
-    out_eager = model(spikes)
-    out_compiled = torch.compile(model, fullgraph=True)(spikes)
-    assert_close_verbose(out_compiled, out_eager, 1e-6, 1e-5, "compiled output")
-    out_eager.sum().backward()
-    eager_grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    out_compiled.sum().backward()
-    for eager_grad, param in zip(eager_grads, model.parameters()):
-        assert_close_verbose(param.grad, eager_grad, 1e-5, 1e-5, "compiled gradient")
-    assert torch._dynamo.explain(model)(spikes).graph_break_count == 0
+    assert_compiled_like_eager(model, (spikes,), atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
