@@ -32,7 +32,7 @@ def _leaky_neurons(model):
 
 @pytest.mark.parametrize(
     "preset, parameters",
-    [("fsddim-cifar10", 52_540_547), ("fsddim-celeba", 52_540_547), ("fsddim-mnist", 52_536_705), ("digits", 641_569)],
+    [("fsddim-cifar10", 52_540_547), ("fsddim-celeba", 52_540_547), ("fsddim-mnist", 52_536_705), ("digits", 1_439_281)],
 )
 def test_preset_parameter_counts(preset, parameters):
     with torch.device("meta"):  # counts only: no memory, no initialisation

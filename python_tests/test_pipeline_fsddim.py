@@ -318,6 +318,7 @@ def test_the_embedded_default_model_loads_and_samples(tmp_path, capsys):
     config = sample_embedded_default("fsddim", tmp_path / "embedded.npy", capsys, "--steps", "2")
     assert config["family"] == "fsddim" and config["model"]["preset"] == "digits"
     assert config["sampling"] == {"sampler": "ddim", "steps": 50, "eta": 1.0}
-    # A 1,400-step fine-tune (train --init) of the 10,800-step run: its record lists the commands of both.
+    assert config["model"]["base_channels"] == 48
+    # Three learning-rate cycles over seven invocations, each listed in the record.
     training = config["training"]
-    assert training["step"] == 1400 and "--init" in training["commands"][-1] and len(training["commands"]) == 11
+    assert training["step"] == 7250 and "--steps 7250" in training["commands"][-1] and len(training["commands"]) == 7
